@@ -1,0 +1,128 @@
+"""The run directory: the contract between lifecycle steps, and crash-safe writes into it.
+
+Every file a later step reads is written atomically: to a temporary name first, flushed to disk, then
+renamed into place. A kill at any moment leaves either the old version or the new one, never half of
+each. Checkpoints are versioned folders plus a pointer file (`LATEST`, `BEST`) replaced atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS = "checkpoints"
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in ([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())):
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write TEXT to PATH atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces FINAL in one rename, on failure it is removed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Only the parameters being trained: for LoRA that is the adapters and the head, a few MB."""
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(run_dir: Path, tag: str, model: torch.nn.Module, state: dict[str, Any],
+                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
+                    pointer: str = "LATEST", keep: int = 1) -> Path:
+    """Write checkpoint TAG atomically, point POINTER at it, and prune older ones of the same kind."""
+    root = run_dir / CHECKPOINTS
+    final = root / tag
+    with atomic_dir(final) as tmp:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if scheduler is not None:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        state = dict(state, torch_rng=torch.get_rng_state().tolist())
+        (tmp / "state.json").write_text(json.dumps(state, default=str), encoding="utf-8")
+    write_text(root / pointer, tag + "\n")
+    prefix = tag.split("-")[0]
+    mine = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix + "-") and not p.name.startswith("."))
+    protected = {(root / f).read_text().strip() for f in ("LATEST", "BEST") if (root / f).exists()}
+    for old in mine[:-keep] if keep else []:
+        if old.name not in protected:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def checkpoint_path(run_dir: Path, pointer: str = "LATEST") -> Path | None:
+    """The checkpoint POINTER names, or None when there is none yet."""
+    ref = run_dir / CHECKPOINTS / pointer
+    if not ref.is_file():
+        return None
+    path = run_dir / CHECKPOINTS / ref.read_text().strip()
+    return path if (path / "state.json").is_file() else None
+
+
+def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Load a checkpoint's trainable weights into MODEL; every saved tensor must find its parameter."""
+    saved = load_file(str(checkpoint / "trainable.safetensors"))
+    missing = set(saved) - {n for n, _ in model.named_parameters()}
+    if missing:
+        raise RuntimeError(f"{checkpoint}: weights for unknown parameters {sorted(missing)[:5]}; "
+                           "was this checkpoint written by a different spec?")
+    model.load_state_dict(saved, strict=False)
+
+
+def load_checkpoint(checkpoint: Path, model: torch.nn.Module, optimizer: Any = None, scheduler: Any = None) -> dict[str, Any]:
+    """Restore weights, optimiser, scheduler and RNG; return the saved training state."""
+    load_weights(model, checkpoint)
+    if optimizer is not None and (checkpoint / "optimizer.pt").is_file():
+        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    if scheduler is not None and (checkpoint / "scheduler.pt").is_file():
+        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+    state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+    torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
+    return state

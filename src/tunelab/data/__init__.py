@@ -1,0 +1,109 @@
+"""Prepare: read sources, normalise labels, check, split. The recipe's second step."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from tunelab.data.doctor import DoctorContext, Finding, run_checks
+from tunelab.data.sources import BUNDLED_DATA, DataError, read_source
+from tunelab.data.split import stratified_sample, stratified_split
+from tunelab.spec import DataSpec
+
+__all__ = ["DataError", "Prepared", "prepare", "read_source", "file_fingerprint"]
+
+
+@dataclass
+class Prepared:
+    splits: dict[str, datasets.Dataset]
+    labels: list[str]
+    findings: list[Finding]
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+
+def file_fingerprint(source: str) -> dict[str, Any]:
+    """Name and sha256 of a data source, for the model card and lineage."""
+    path = Path(source)
+    if source in BUNDLED_DATA:
+        return {"source": source, "kind": "bundled", "sha256": None}
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return {"source": str(path), "kind": "folder" if path.is_dir() else path.suffix.lstrip("."),
+            "sha256": digest.hexdigest()}
+
+
+def _ids_to_names(ds: datasets.Dataset, labels: list[str]) -> datasets.Dataset:
+    """Labels given as integer ids become names when the spec lists the names."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        if value is not None and value not in labels and value.lstrip("-").isdigit() and 0 <= int(value) < len(labels):
+            return labels[int(value)]
+        return value
+
+    return ds.map(lambda row: {"label": convert(row["label"])}, desc="label ids to names") if len(ds) else ds
+
+
+def infer_labels(ds: datasets.Dataset) -> list[str]:
+    """Sorted distinct labels; numerically when every label is an integer id."""
+    seen = {lab for value in ds["label"] for lab in (value if isinstance(value, list) else [value]) if lab is not None}
+    if seen and all(s.lstrip("-").isdigit() for s in seen):
+        return sorted(seen, key=int)
+    return sorted(seen)
+
+
+def _drop_unusable(ds: datasets.Dataset, labels: list[str], name: str) -> tuple[datasets.Dataset, list[str]]:
+    known = set(labels)
+    ok = lambda v: bool(v) and all(lab in known for lab in (v if isinstance(v, list) else [v]))
+    keep = [i for i, v in enumerate(ds["label"]) if ok(v)]
+    dropped = [loc for i, loc in enumerate(ds["location"]) if i not in set(keep)]
+    return ds.select(keep), dropped
+
+
+def prepare(spec: DataSpec, seed: int, force: bool = False) -> Prepared:
+    """Read every source, run the doctor's checks, and split when only a training source is given.
+
+    Checks run before splitting so their row numbers point into the user's files. The caller decides
+    what errors mean (stop, or continue with --force).
+    """
+    read = lambda src: read_source(src, spec.text_column, spec.label_column, spec.multi_label, spec.label_separator)
+    given = {name: read(src) for name, src in
+             (("train", spec.train), ("validation", spec.validation), ("test", spec.test)) if src}
+    labels = list(spec.labels) if spec.labels else infer_labels(given["train"])
+    if spec.labels:
+        given = {name: _ids_to_names(ds, labels) for name, ds in given.items()}
+    if spec.limit:
+        given["train"] = stratified_sample(given["train"], spec.limit, seed)
+    needs_split = not (spec.validation and spec.test)
+    findings = run_checks(DoctorContext(splits=given, labels=labels, multi_label=spec.multi_label,
+                                        needs_split=needs_split))
+    files = [file_fingerprint(src) for src in (spec.train, spec.validation, spec.test) if src]
+    if any(f.severity == "error" for f in findings):
+        if not force:
+            return Prepared(splits=given, labels=labels, findings=findings, files=files)
+        dropped: list[str] = []
+        for name in list(given):
+            given[name], lost = _drop_unusable(given[name], labels, name)
+            dropped += lost
+        if dropped:
+            findings.append(Finding("forced-drop", "warning", f"--force: dropped {len(dropped)} row(s) whose "
+                                    "label is missing or unknown", len(dropped), "fix the labels and rerun",
+                                    dropped))
+    shares = {name: getattr(spec.split, name) for name in ("validation", "test") if name not in given}
+    splits = dict(given)
+    if shares:
+        splits.update(stratified_split(given["train"], shares, seed))
+    return Prepared(splits=splits, labels=labels, findings=findings, files=files)

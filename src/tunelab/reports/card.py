@@ -1,0 +1,81 @@
+"""The model card: what a reader needs to trust or reject the model, in Markdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunelab.data import Prepared
+from tunelab.spec import RunSpec
+
+
+def _row(split: str, metrics: dict[str, Any], baseline: dict[str, Any]) -> str:
+    b = baseline.get(split, {})
+    f = metrics[split]
+    fmt = lambda d, k: f"{d[k]:.4f}" if k in d else "–"
+    return f"| {split} | {f['n']} | {fmt(b, 'accuracy')} | {fmt(f, 'accuracy')} | {fmt(b, 'macro_f1')} | {fmt(f, 'macro_f1')} |"
+
+
+def model_card(spec: RunSpec, prepared: Prepared, metrics: dict[str, Any], details: dict[str, Any],
+               params: dict[str, int]) -> str:
+    """Base model, data with hashes, method, hyperparameters, metrics against the baseline, limits."""
+    t = spec.training
+    files = "\n".join(f"- `{f['source']}` ({f['kind']}" + (f", sha256 `{f['sha256']}`)" if f["sha256"] else ")")
+                      for f in prepared.files)
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in prepared.splits.items())
+    findings = "\n".join(f"- [{f.severity}] {f.check}: {f.message}" for f in prepared.findings) or "- none"
+    rows = "\n".join(_row(s, metrics["fine_tuned"], metrics["baseline"]) for s in metrics["fine_tuned"])
+    lora = (f" (r={spec.model.lora.r}, alpha={spec.model.lora.alpha}, dropout={spec.model.lora.dropout}, "
+            f"targets={spec.model.lora.target_modules})") if spec.model.method == "lora" else ""
+    comparison = details.get("comparison") or {}
+    verdict = ""
+    if comparison:
+        word = "better" if comparison["better"] else "NOT better"
+        verdict = (f"\nOn the test split the fine-tuned model is **{word}** than the untuned baseline: "
+                   f"{comparison['metric']} {comparison['baseline']:.4f} -> {comparison['fine_tuned']:.4f} "
+                   f"({comparison['gain']:+.4f}, n={comparison['n']}).\n")
+    return f"""---
+library_name: transformers
+pipeline_tag: text-classification
+base_model: {spec.model.base}
+tags: [tunelab, {spec.task}, {spec.model.method}]
+---
+# {spec.name}
+
+Fine-tuned from `{spec.model.base}` for **{spec.task}** with tunelab.
+Labels: {', '.join(prepared.labels)}{' (multi-label)' if spec.data.multi_label else ''}.
+
+## Data
+{files}
+
+Examples per split: {sizes}. Column mapping: text=`{spec.data.text_column}`, label=`{spec.data.label_column}`.
+Texts truncated to {spec.data.max_length} tokens.
+
+Data checks before training:
+{findings}
+
+## Method and hyperparameters
+- method: {spec.model.method}{lora}; trainable parameters {params['trainable_params']:,} of {params['total_params']:,}
+- epochs (max) {t.epochs}, best epoch {details.get('best_epoch')}, stopped early: {details.get('stopped_early')}
+- learning rate {spec.learning_rate:g}, warmup {t.warmup:.0%} then linear decay, weight decay {t.weight_decay}
+- batch size {t.batch_size} x {t.gradient_accumulation_steps} accumulation, batching {t.batching}, seed {t.seed}
+- early stopping patience {t.early_stopping_patience} on validation {spec.evaluation.metric}
+
+## Results
+Baseline: {details.get('baseline_method')}. Baseline and fine-tuned model are scored on the same examples.
+
+| split | n | baseline accuracy | fine-tuned accuracy | baseline macro-F1 | fine-tuned macro-F1 |
+|---|---|---|---|---|---|
+{rows}
+{verdict}
+## Limits
+- Scores hold for data like the training data; expect lower quality on other domains, languages or text lengths.
+- Texts longer than {spec.data.max_length} tokens are truncated: only their beginning is read.
+- The validation split chose the best epoch, so the test split is the unbiased estimate.
+- Labels are only as good as the training data's; the model reproduces its biases and mistakes.
+
+## Use
+```python
+from transformers import pipeline
+clf = pipeline("text-classification", model="model")  # this run's model/ folder
+```
+"""

@@ -1,0 +1,176 @@
+"""The training loop: accelerate for devices and processes, plain PyTorch for the rest.
+
+A loop of our own (rather than HF Trainer) because three things matter here that the Trainer makes
+awkward: a batch sampler that keeps labels mixed, atomic checkpoints that a kill cannot corrupt, and an
+epoch-level task metric driving early stopping. It still runs unchanged under `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.data_loader import skip_first_batches
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from tunelab.artifacts import checkpoint_path, load_checkpoint, load_weights, save_checkpoint
+from tunelab.sampling import LengthMixedBatchSampler, RandomBatchSampler
+from tunelab.spec import RunSpec
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run exactly where it stopped (saved in each checkpoint)."""
+
+    epoch: int = 0  # completed epochs
+    step_in_epoch: int = 0  # batches already consumed in the current epoch
+    global_step: int = 0  # optimiser steps
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    step_losses: list[list[float]] = field(default_factory=list)  # [global_step, loss]
+
+
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and normalisation weights (the usual BERT recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def predict_logits(model: torch.nn.Module, encoded: Any, collator: Any, batch_size: int,
+                   accelerator: Accelerator | None = None, desc: str = "scoring") -> np.ndarray:
+    """Logits for every example, in the dataset's order. Batches are formed by length (fast), and
+    under several processes each scores a share and the results are gathered."""
+    order = np.argsort(encoded.lengths, kind="stable")
+    loader = DataLoader(Subset(encoded, order.tolist()), batch_size=batch_size, shuffle=False, collate_fn=collator)
+    if accelerator is not None:
+        loader = accelerator.prepare_data_loader(loader)
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    show = accelerator is None or accelerator.is_main_process
+    chunks = []
+    model.eval()
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, leave=False, disable=not show or len(loader) < 3):
+            batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            logits = model(**batch).logits.float()
+            if accelerator is not None:
+                logits = accelerator.gather_for_metrics(logits)
+            chunks.append(logits.cpu().numpy())
+    model.train()
+    sorted_logits = np.concatenate(chunks) if chunks else np.zeros((0, 0))
+    out = np.empty_like(sorted_logits)
+    out[order] = sorted_logits
+    return out
+
+
+def _epoch_row(epoch: int, losses: list[float], train_true: list, train_pred: list, val: dict[str, Any],
+               task: Any, lr: float) -> dict[str, Any]:
+    train_metrics = task.metrics(np.array(train_true), np.array(train_pred))
+    row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"), "lr": lr}
+    row.update({f"train_{k}": train_metrics[k] for k in task.metric_names})
+    row.update({f"val_{k}": v for k, v in val.items() if not isinstance(v, (dict, list))})
+    return row
+
+
+def evaluate_split(model: torch.nn.Module, task: Any, encoded: Any, truth: np.ndarray, batch_size: int,
+                   accelerator: Accelerator | None = None, desc: str = "validation") -> dict[str, Any]:
+    """Task metrics and loss of MODEL on one encoded split."""
+    logits = predict_logits(model, encoded, task.collator(), batch_size, accelerator, desc)
+    metrics = task.metrics(truth, task.predict_ids(logits))
+    metrics["loss"] = task.loss(logits, truth)
+    return metrics
+
+
+def fit(model: torch.nn.Module, task: Any, train: Any, validation: Any, val_truth: np.ndarray, spec: RunSpec,
+        run_dir: Path, accelerator: Accelerator, resume: bool = False) -> TrainState:
+    """Train with warmup + linear decay, score the validation split each epoch, stop early, and
+    leave the best epoch's weights in MODEL. Checkpoints go to run_dir/checkpoints (main process)."""
+    t = spec.training
+    sampler_cls = LengthMixedBatchSampler if t.batching == "length-mixed" else RandomBatchSampler
+    sampler = sampler_cls(train.lengths, train.strata, t.batch_size, t.seed)
+    loader = DataLoader(train, batch_sampler=sampler, collate_fn=task.collator())
+    optimizer = _optimizer(model, spec.learning_rate, t.weight_decay)
+    state = TrainState()
+    checkpoint = checkpoint_path(run_dir) if resume else None
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = math.ceil(len(loader) / t.gradient_accumulation_steps)
+    total = steps_per_epoch * t.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(round(t.warmup * total)), total)
+    if checkpoint is not None:
+        state = TrainState(**load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler))
+        accelerator.print(f"resumed from {checkpoint.name}: epoch {state.epoch + 1}, batch {state.step_in_epoch}")
+
+    def save(tag: str, pointer: str = "LATEST") -> None:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            extra = (optimizer, scheduler) if pointer == "LATEST" else (None, None)
+            save_checkpoint(run_dir, tag, accelerator.unwrap_model(model), asdict(state), *extra, pointer=pointer)
+
+    model.train()
+    for epoch in range(state.epoch, t.epochs):
+        if state.stopped_early:
+            break
+        sampler.set_epoch(epoch)
+        epoch_loader = skip_first_batches(loader, state.step_in_epoch) if state.step_in_epoch else loader
+        losses: list[float] = []
+        train_true: list = []
+        train_pred: list = []
+        bar = tqdm(epoch_loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not accelerator.is_main_process,
+                   leave=False)
+        for batch in bar:
+            with accelerator.accumulate(model):
+                out = model(**batch)
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                optimizer.step()
+                scheduler.step() if accelerator.sync_gradients else None
+                optimizer.zero_grad(set_to_none=True)
+            loss = out.loss.detach().float().item()
+            losses.append(loss)
+            train_true.extend(batch["labels"].long().cpu().numpy().tolist())
+            train_pred.extend(task.predict_ids(out.logits.detach().float().cpu().numpy()).tolist())
+            state.step_in_epoch += 1
+            if accelerator.sync_gradients:
+                state.global_step += 1
+                state.step_losses.append([state.global_step, loss])
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if t.checkpoint_steps and state.global_step % t.checkpoint_steps == 0:
+                    save(f"step-{state.global_step:07d}")
+        val = evaluate_split(model, task, validation, val_truth, t.eval_batch_size, accelerator)
+        row = _epoch_row(epoch, losses, train_true, train_pred, val, task, scheduler.get_last_lr()[0])
+        state.history.append(row)
+        score = val[spec.evaluation.metric]
+        improved = state.best_metric is None or score > state.best_metric
+        if improved:
+            state.best_metric, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
+        else:
+            state.bad_epochs += 1
+        patience = t.early_stopping_patience
+        state.stopped_early = bool(patience and state.bad_epochs >= patience and epoch + 1 < t.epochs)
+        state.epoch, state.step_in_epoch = epoch + 1, 0
+        accelerator.print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}  "
+                          f"val {spec.evaluation.metric} {score:.4f}{'  (best)' if improved else ''}")
+        if improved:
+            save(f"best-epoch-{epoch + 1:04d}", pointer="BEST")
+        save(f"step-{state.global_step:07d}")
+        if state.stopped_early:
+            accelerator.print(f"early stop: no better validation {spec.evaluation.metric} for {patience} epoch(s)")
+    accelerator.wait_for_everyone()
+    best = checkpoint_path(run_dir, "BEST")
+    if best is not None:
+        load_weights(accelerator.unwrap_model(model), best)
+    return state
