@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import difflib
 import importlib.util
+import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,41 +61,46 @@ BUNDLED_DATA: dict[str, tuple[Callable[[], Iterator[Row]], str]] = {
 }
 
 
-def _read_delimited(path: Path, delimiter: str) -> Iterator[Row]:
+def _decode(path: Path) -> str:
+    """The whole file as text; undecodable bytes are an error with their absolute offset and line."""
+    raw = path.read_bytes()
     try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            reader = csv.reader(fh, delimiter=delimiter)
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path}: the file is empty; expected a header row and data rows")
-            for fields in reader:
-                if not fields:
-                    continue
-                if len(fields) != len(header):
-                    raise DataError(
-                        f"{path}:{reader.line_num}: {len(fields)} fields, but the header has {len(header)}. "
-                        "Quote fields that contain the delimiter or a line break."
-                    )
-                yield f"{path}:{reader.line_num}", dict(zip(header, fields))
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
         raise DataError(
-            f"{path}: byte {err.start} is not valid UTF-8. Re-save the file as UTF-8 "
-            "(e.g. `iconv -f latin1 -t utf-8`)."
+            f"{path}:{line}: byte {err.start} (0x{raw[err.start]:02x}) is not valid UTF-8. Re-save the file as "
+            "UTF-8 (e.g. `iconv -f latin1 -t utf-8`)."
         ) from None
 
 
+def _read_delimited(path: Path, delimiter: str) -> Iterator[Row]:
+    reader = csv.reader(io.StringIO(_decode(path), newline=""), delimiter=delimiter)
+    header = next(reader, None)
+    if header is None:
+        raise DataError(f"{path}: the file is empty; expected a header row and data rows")
+    for fields in reader:
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            raise DataError(
+                f"{path}:{reader.line_num}: {len(fields)} fields, but the header has {len(header)}. "
+                "Quote fields that contain the delimiter or a line break."
+            )
+        yield f"{path}:{reader.line_num}", dict(zip(header, fields))
+
+
 def _read_jsonl(path: Path) -> Iterator[Row]:
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}).") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{number}: each line must be a JSON object, got {type(record).__name__}")
-            yield f"{path}:{number}", record
+    for number, line in enumerate(_decode(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}).") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: each line must be a JSON object, got {type(record).__name__}")
+        yield f"{path}:{number}", record
 
 
 def _read_table(table: Any, name: str) -> Iterator[Row]:

@@ -1,0 +1,51 @@
+"""Tiny, offline test fixtures: a random-init BERT and a separable 3-class text CSV."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CLASS_WORDS = {
+    "sports": ["goal", "match", "team", "score", "coach", "league", "player", "stadium"],
+    "weather": ["rain", "storm", "sunny", "cloud", "wind", "snow", "forecast", "thunder"],
+    "tech": ["laptop", "software", "chip", "code", "server", "robot", "network", "app"],
+}
+FILLER = ["the", "a", "today", "was", "very", "and", "in", "of", "new", "big"]
+
+
+def make_text_csv(path: str | Path, n_per_class: int = 60, seed: int = 0) -> list[str]:
+    """Write a separable 3-class CSV (text,label) to PATH; return every word used (for the vocab)."""
+    rng = random.Random(seed)
+    rows = []
+    for label, words in CLASS_WORDS.items():
+        for _ in range(n_per_class):
+            tokens = rng.choices(words, k=rng.randint(3, 6)) + rng.choices(FILLER, k=rng.randint(1, 4))
+            rng.shuffle(tokens)
+            rows.append((" ".join(tokens), label))
+    rng.shuffle(rows)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return sorted({w for ws in CLASS_WORDS.values() for w in ws} | set(FILLER))
+
+
+def make_tiny_bert(folder: str | Path, words: list[str]) -> Path:
+    """Save a random-init 2-layer BERT (hidden 32) and a WordPiece tokenizer over WORDS into FOLDER."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = SPECIAL + [w for w in dict.fromkeys(words) if w not in SPECIAL]
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file))
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,96 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunelab.spec import SpecError, dump_spec, load_spec, parse_spec, template
+
+MINIMAL = {"task": "text-classification", "data": {"train": "bbc-news"}}
+
+
+def test_defaults_encode_good_practice() -> None:
+    spec = parse_spec(MINIMAL)
+    assert spec.learning_rate == 2e-5
+    assert spec.training.warmup == 0.1
+    assert spec.training.weight_decay == 0.01
+    assert spec.evaluation.metric == "macro_f1"
+    assert spec.training.early_stopping_patience == 2
+    assert spec.training.seed == 42
+    assert spec.training.batching == "length-mixed"
+
+
+def test_lora_default_learning_rate() -> None:
+    spec = parse_spec({**MINIMAL, "model": {"method": "lora"}})
+    assert spec.learning_rate == 2e-4
+    assert parse_spec({**MINIMAL, "model": {"method": "lora"}, "training": {"learning_rate": 1e-3}}).learning_rate == 1e-3
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ({"trainng": {}}, "did you mean 'training'"),
+    ({"training": {"learnin_rate": 1e-4}}, "training.learnin_rate: unknown key; did you mean 'learning_rate'"),
+    ({"data": {"train": "x", "text_colum": "t"}}, "did you mean 'text_column'"),
+    ({"model": {"lora": {"rank": 8}}}, "model.lora.rank: unknown key"),
+])
+def test_unknown_key_names_closest_valid_key(bad: dict, expected: str) -> None:
+    data = {**MINIMAL, **bad}
+    with pytest.raises(SpecError) as err:
+        parse_spec(data, "my.yaml")
+    assert expected in str(err.value)
+    assert "my.yaml" in str(err.value)
+
+
+def test_bad_values_are_named() -> None:
+    with pytest.raises(SpecError, match="training.epochs"):
+        parse_spec({**MINIMAL, "training": {"epochs": 0}})
+    with pytest.raises(SpecError, match="model.method"):
+        parse_spec({**MINIMAL, "model": {"method": "qlora-magic"}})
+    with pytest.raises(SpecError, match="at least 10% for training"):
+        parse_spec({**MINIMAL, "data": {"train": "x", "split": {"validation": 0.5, "test": 0.45}}})
+
+
+def test_missing_required_fields() -> None:
+    with pytest.raises(SpecError, match="data: Field required"):
+        parse_spec({"task": "text-classification"})
+
+
+def test_load_spec_resolves_relative_paths_and_name(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text("text,label\na,b\n")
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL, "data": {"train": "train.csv"}}))
+    spec = load_spec(path)
+    assert spec.name == "exp"
+    assert Path(spec.data.train) == (tmp_path / "train.csv").resolve()
+
+
+def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("task: [unclosed\n")
+    with pytest.raises(SpecError, match="broken.yaml: not valid YAML"):
+        load_spec(path)
+
+
+def test_init_template_is_commented_and_valid(tmp_path: Path) -> None:
+    text = template("text-classification")
+    assert "# Peak learning rate" in text
+    assert "learning_rate" in text and "early_stopping_patience" in text
+    spec = parse_spec(yaml.safe_load(text))
+    assert spec.data.train == "bbc-news"
+    assert spec.learning_rate == 2e-5
+
+
+def test_init_unknown_task() -> None:
+    with pytest.raises(SpecError, match="available: text-classification"):
+        template("object-detection")
+
+
+def test_dump_spec_roundtrip() -> None:
+    spec = parse_spec(MINIMAL)
+    again = parse_spec(yaml.safe_load(dump_spec(spec)))
+    assert again.learning_rate == spec.learning_rate
+    assert again.model_dump() == {**spec.model_dump(), "training": {**spec.model_dump()["training"], "learning_rate": 2e-5}}
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[2].glob("examples/**/*.yaml")), ids=str)
+def test_every_shipped_example_spec_validates(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.task
