@@ -115,7 +115,9 @@ def run_hf(arm: str, model_dir: str, train: list, test: list, labels: list[str],
         out.update(train_s=train_s / max_steps * total_steps, measured_s=train_s, extrapolated=True,
                    quality="none (partial run)", accuracy=None, macro_f1=None)
     else:
+        t = time.perf_counter()
         pred = trainer.predict(te).predictions.argmax(-1)
+        out["predict_s"] = time.perf_counter() - t  # test scoring, not in train_s (tunelab's wall includes it)
         y = [x["labels"] for x in te]
         out.update(accuracy=float(accuracy_score(y, pred)), macro_f1=float(f1_score(y, pred, average="macro")),
                    quality="full")
@@ -164,7 +166,7 @@ def run_tunelab(train_csv: str, val_csv: str, test_csv: str, seed: int, epochs: 
 def mean_std(xs: list[float]) -> tuple[float | None, float | None]:
     if not xs:
         return None, None
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)  # no spread from one seed
 
 
 def summarise(results: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
@@ -211,8 +213,8 @@ def markdown(summary: dict[str, Any], machine: dict[str, Any], n_train: int, n_t
         f1 = f"{fmt(v['macro_f1_mean'])} ± {fmt(v['macro_f1_std'])}" if v["n_quality_seeds"] else "–"
         seeds = f"{v['n_seeds']}" + (f" ({v['n_quality_seeds']} scored)" if v["n_quality_seeds"] != v["n_seeds"] else "")
         lines.append(f"| {arm} | {secs} | {seeds} | {f1} | {fmt(v['accuracy_mean'])} |")
-    for k, v in summary["ratios"].items():
-        lines.append(f"\n{k}: {v:.2f}x")
+    if summary["ratios"]:
+        lines += ["", "; ".join(f"{k}: {v:.2f}x" for k, v in summary["ratios"].items())]
     return "\n".join(lines)
 
 

@@ -43,9 +43,14 @@ def make_tiny_bert(folder: str | Path, words: list[str]) -> Path:
     vocab = SPECIAL + [w for w in dict.fromkeys(words) if w not in SPECIAL]
     vocab_file = folder / "vocab.txt"
     vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file))
+    # transformers 5 takes the vocabulary as `vocab` (a `vocab_file=` keyword is silently ignored)
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    assert tokenizer.convert_tokens_to_ids(vocab[-1]) == len(vocab) - 1, "tokenizer did not take the vocabulary"
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
+    import torch
+
+    torch.manual_seed(0)  # the same tiny model in every session, so test outcomes do not vary
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

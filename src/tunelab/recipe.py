@@ -6,6 +6,7 @@ run directory is what they leave behind, and what `tunelab evaluate / predict` r
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -80,6 +81,11 @@ def fine_tune(spec: RunSpec, resume: bool = False, force: bool = False, overwrit
     """Fine-tune spec.model.base on spec.data and leave a complete run directory behind."""
     started = time.time()
     accelerator = Accelerator(gradient_accumulation_steps=spec.training.gradient_accumulation_steps)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and accelerator.num_processes != world:
+        # torchrun started several processes, but each thinks it is alone: they would all write the run.
+        raise RunError(f"{world} processes were launched but accelerate sees {accelerator.num_processes}; "
+                       "on a machine without GPUs set ACCELERATE_USE_CPU=1 (see README, 'More than one machine')")
     set_seed(spec.training.seed)
     main = accelerator.is_main_process
     run_dir = _open_run_dir(spec, resume, overwrite, accelerator)
