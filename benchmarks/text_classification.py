@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-DEFAULT_DATA = "/work/shared/datasets/financial_phrasebank/fpb_allagree.csv"
+DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared/datasets/financial_phrasebank/fpb_allagree.csv")
 ARMS = ("hf_tutorial", "hf_tuned", "hf_dynamic_random", "tunelab")
 BATCH, LR, WARMUP, MAX_LEN = 16, 5e-5, 0.1, 512
 

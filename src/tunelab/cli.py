@@ -123,6 +123,9 @@ def models() -> None:
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers' load reports ("classifier.weight MISSING") are expected when a new head is attached;
+    # keep them out of the user's way unless asked for with TRANSFORMERS_VERBOSITY=info.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         app()
     except _user_errors() as e:

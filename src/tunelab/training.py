@@ -8,6 +8,7 @@ epoch-level task metric driving early stopping. It still runs unchanged under `a
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,7 @@ def fit(model: torch.nn.Module, task: Any, train: Any, validation: Any, val_trut
         losses: list[float] = []
         train_true: list = []
         train_pred: list = []
+        epoch_started = time.perf_counter()
         bar = tqdm(epoch_loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not accelerator.is_main_process,
                    leave=False)
         for batch in bar:
@@ -150,8 +152,11 @@ def fit(model: torch.nn.Module, task: Any, train: Any, validation: Any, val_trut
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if t.checkpoint_steps and state.global_step % t.checkpoint_steps == 0:
                     save(f"step-{state.global_step:07d}")
+        train_seconds = time.perf_counter() - epoch_started
         val = evaluate_split(model, task, validation, val_truth, t.eval_batch_size, accelerator)
         row = _epoch_row(epoch, losses, train_true, train_pred, val, task, scheduler.get_last_lr()[0])
+        row.update(train_seconds=round(train_seconds, 2),
+                   val_seconds=round(time.perf_counter() - epoch_started - train_seconds, 2))
         state.history.append(row)
         score = val[spec.evaluation.metric]
         improved = state.best_metric is None or score > state.best_metric
