@@ -135,6 +135,7 @@ class TextClassification:
         from sentence_transformers import SentenceTransformer
 
         encoder = SentenceTransformer(folder, device="cpu")
+        encoder.max_seq_length = min(encoder.max_seq_length or self.max_length, self.max_length)  # same input as fine-tuning
         names = [template.format(label=lab.replace("_", " ").replace("-", " ")) for lab in self.labels]
         label_emb = encoder.encode(names, normalize_embeddings=True)
         k = 1
