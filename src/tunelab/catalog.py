@@ -85,6 +85,18 @@ def resolve(name: str) -> str:
     return name
 
 
+def check_loadable(name_or_folder: str) -> None:
+    """Fail fast, before any data work, when a hub id cannot be reached or does not exist."""
+    if Path(name_or_folder).is_dir():
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name_or_folder)
+    except (OSError, ValueError) as err:
+        raise hub_error(name_or_folder, err) from None
+
+
 def hub_error(name: str, err: Exception) -> ModelNotFound:
     """Explain a failed hub load: offline or unknown id, and what works without a hub."""
     return ModelNotFound(

