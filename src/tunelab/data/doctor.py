@@ -26,6 +26,7 @@ class Finding:
     count: int
     fix: str
     examples: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # check-specific numbers (histograms, ratios)
 
     def render(self) -> str:
         where = "".join(f"\n    at {e}" for e in self.examples)
@@ -38,16 +39,25 @@ class Finding:
 
 @dataclass
 class DoctorContext:
-    """What the checks see: labelled splits (before splitting when `needs_split`), and the label set."""
+    """What the checks see: labelled splits (before splitting when `needs_split`), and the label set.
+
+    `splits` hold the canonical columns text / label / location. Optional inputs let more checks run:
+    a tokenizer and max_length (token-length checks), raw records per split (chat-format checks),
+    image paths per split (image checks). A check whose input is absent returns None.
+    """
 
     splits: dict[str, datasets.Dataset]
     labels: list[str]
     multi_label: bool = False
     needs_split: bool = False
     min_per_class: int = 3
+    tokenizer: Any = None
+    max_length: int | None = None
+    records: dict[str, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
+    images: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
-Check = Callable[[DoctorContext], Finding | None]
+Check = Callable[[DoctorContext], "Finding | list[Finding] | None"]
 CHECKS: dict[str, tuple[Severity, Check]] = {}
 
 
@@ -145,6 +155,9 @@ def class_imbalance(ctx: DoctorContext) -> Finding | None:
 
 def run_checks(ctx: DoctorContext) -> list[Finding]:
     """Run every registered check; findings ordered errors first."""
-    findings = [f for _, check in CHECKS.values() if (f := check(ctx)) is not None]
+    findings: list[Finding] = []
+    for _, check in CHECKS.values():
+        result = check(ctx)
+        findings += result if isinstance(result, list) else ([result] if result is not None else [])
     order = {"error": 0, "warning": 1, "info": 2}
     return sorted(findings, key=lambda f: order[f.severity])
