@@ -111,6 +111,74 @@ def init(task: str = typer.Argument("text-classification", help="Task to write a
     err.print(f"wrote {output}")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Check and clean data before spending compute on it.")
+app.add_typer(data_app, name="data")
+
+
+def _print_findings(report: dict) -> None:
+    from tunelab.reports.data_report import headline
+
+    table = Table(title=f"data report: {headline(report)}")
+    for col in ("severity", "check", "count", "message", "first location"):
+        table.add_column(col, overflow="fold")
+    colour = {"error": "red", "warning": "yellow", "info": "cyan"}
+    for f in report["findings"]:
+        table.add_row(f"[{colour[f['severity']]}]{f['severity']}[/]", f["check"], str(f["count"]),
+                      escape(f["message"]), escape(f["examples"][0]) if f["examples"] else "")
+    out.print(table)
+
+
+@data_app.command("check")
+def data_check(target: str = typer.Argument(..., help="A run spec (YAML), a data file, or a bundled set name."),
+               out_dir: Path = typer.Option(Path("."), "--out", help="Folder for data_report.json / .html."),
+               text_column: str = typer.Option("text", help="Text column (files only; specs carry their own)."),
+               label_column: str = typer.Option("label", help="Label column (files only)."),
+               multi_label: bool = typer.Option(False, help="Labels are lists (files only)."),
+               model: Optional[str] = typer.Option(None, help="Base model whose tokenizer measures lengths (files only)."),
+               max_length: int = typer.Option(256, help="Token limit for the too-long check (files only).")) -> None:
+    """Run every data check; exit code 1 when any finding is an error (for CI)."""
+    from tunelab.data.check import check_target
+    from tunelab.reports import data_report
+
+    report = check_target(target, text_column, label_column, multi_label, model, max_length)
+    data_report.write(report, out_dir)
+    _print_findings(report)
+    for f in report["findings"]:
+        if f["severity"] == "error":
+            err.print(f"[red]{f['check']}[/]: {escape(f['message'])}; fix: {escape(f['fix'])}")
+    out.print(f"report: {out_dir / 'data_report.html'}")
+    if report["summary"]["error"]:
+        raise typer.Exit(1)
+
+
+@data_app.command("clean")
+def data_clean(target: str = typer.Argument(..., help="A run spec (YAML), a data file, or a bundled set name."),
+               out_dir: Path = typer.Option(..., "--out", help="New folder for the cleaned files and changes.jsonl."),
+               redact_pii: bool = typer.Option(False, "--redact-pii", help="Replace personal data with typed placeholders."),
+               keep_duplicates: bool = typer.Option(False, "--keep-duplicates", help="Do not drop exact duplicates / leakage."),
+               no_fix_text: bool = typer.Option(False, "--no-fix-text", help="Do not repair mojibake and control characters."),
+               text_column: str = typer.Option("text", help="Text column (files only; specs carry their own)."),
+               label_column: str = typer.Option("label", help="Label column (files only).")) -> None:
+    """Apply the safe fixes into new files; every dropped or changed row is listed in changes.jsonl."""
+    from tunelab.data.clean import CleanOptions, clean
+
+    if target.endswith((".yaml", ".yml")) and Path(target).is_file():
+        from tunelab.spec import load_spec
+
+        spec = load_spec(target)
+        sources = {k: v for k in ("train", "validation", "test") if (v := getattr(spec.data, k))}
+        text_column, label_column = spec.data.text_column, spec.data.label_column
+    else:
+        sources = {"train": target}
+    opts = CleanOptions(text_column=text_column, label_column=label_column, fix_text=not no_fix_text,
+                        drop_duplicates=not keep_duplicates, redact_pii=redact_pii)
+    result = clean(sources, out_dir, opts)
+    for split, path in result.outputs.items():
+        out.print(f"{split}: {path}")
+    out.print(f"rows in {result.rows_in} = rows out {result.rows_out} + dropped {result.dropped}; "
+              f"changed {result.changed}; every change: {out_dir / 'changes.jsonl'}")
+
+
 @app.command()
 def models() -> None:
     """List the bundled base models and data sets (usable without a model hub)."""

@@ -15,11 +15,13 @@ from typing import Any
 
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from transformers import AutoTokenizer
 
 from tunelab import __version__, catalog, methods
 from tunelab.artifacts import atomic_dir, checkpoint_path, read_json, write_json, write_text
 from tunelab.data import DataError, Prepared, prepare
 from tunelab.evaluation import compare, headline, overfitting_warning
+from tunelab.reports import data_report
 from tunelab.reports.card import model_card
 from tunelab.reports.html import write_report
 from tunelab.spec import RunSpec, dump_spec
@@ -67,14 +69,18 @@ def _open_run_dir(spec: RunSpec, resume: bool, overwrite: bool, accelerator: Acc
     return run_dir
 
 
-def _check_data(prepared: Prepared, force: bool, run_dir: Path, accelerator: Accelerator) -> None:
+def _check_data(prepared: Prepared, force: bool, run_dir: Path, accelerator: Accelerator) -> dict[str, Any]:
+    """Write the data report; stop on errors unless forced (and then say so in the report)."""
+    sizes = {k: len(v) for k, v in prepared.splits.items()}
+    report = data_report.build(prepared.findings, sizes, prepared.files, forced=force and bool(prepared.errors))
     if accelerator.is_main_process:
-        write_json(run_dir / "data_report.json", {"findings": [f.to_dict() for f in prepared.findings],
-                                                  "forced": force and bool(prepared.errors),
-                                                  "sizes": {k: len(v) for k, v in prepared.splits.items()}})
+        data_report.write(report, run_dir)
+        accelerator.print(f"data: {data_report.headline(report)}")
     if prepared.errors and not force:
         details = "\n".join(f.render() for f in prepared.errors)
-        raise DataError(f"the data has {len(prepared.errors)} error(s); fix them or pass --force:\n{details}")
+        raise DataError(f"the data has {len(prepared.errors)} error(s); fix them or pass --force "
+                        f"(report: {run_dir / 'data_report.html'}):\n{details}")
+    return report
 
 
 def fine_tune(spec: RunSpec, resume: bool = False, force: bool = False, overwrite: bool = False) -> Run:
@@ -98,8 +104,8 @@ def fine_tune(spec: RunSpec, resume: bool = False, force: bool = False, overwrit
     catalog.check_loadable(base)
 
     # prepare: read, check, split
-    prepared = prepare(spec.data, spec.training.seed, force)
-    _check_data(prepared, force, run_dir, accelerator)
+    prepared = prepare(spec.data, spec.training.seed, force, tokenizer=AutoTokenizer.from_pretrained(base))
+    data_summary = _check_data(prepared, force, run_dir, accelerator)
     splits = prepared.splits
     task = get_task(spec.task)(prepared.labels, spec.data.multi_label, spec.data.max_length)
     model = task.load_model(base)
@@ -141,7 +147,8 @@ def fine_tune(spec: RunSpec, resume: bool = False, force: bool = False, overwrit
         "details": details, "history": state.history, "step_losses": state.step_losses, "labels": task.labels,
         "metric": spec.evaluation.metric, "baseline_method": baseline_method, "warning": warning,
         "findings": prepared.findings, "version": __version__})
-    write_text(run_dir / "model_card.md", model_card(spec, prepared, metrics, details, methods.trainable_summary(model)))
+    write_text(run_dir / "model_card.md", model_card(spec, prepared, metrics, details, methods.trainable_summary(model),
+                                                      data_report.headline(data_summary)))
     write_json(run_dir / "run.json", {"status": "completed", "started": started, "finished": time.time(),
                                       "tunelab": __version__, "processes": accelerator.num_processes,
                                       "resumed": resume, "best_epoch": state.best_epoch})

@@ -48,7 +48,10 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
+    try:  # the fused kernel (CPU and CUDA since torch 2.4) is what HF Trainer uses by default too
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, lr=lr)
 
 
 def predict_logits(model: torch.nn.Module, encoded: Any, collator: Any, batch_size: int,

@@ -73,7 +73,7 @@ def _drop_unusable(ds: datasets.Dataset, labels: list[str], name: str) -> tuple[
     return ds.select(keep), dropped
 
 
-def prepare(spec: DataSpec, seed: int, force: bool = False) -> Prepared:
+def prepare(spec: DataSpec, seed: int, force: bool = False, tokenizer: Any = None) -> Prepared:
     """Read every source, run the doctor's checks, and split when only a training source is given.
 
     Checks run before splitting so their row numbers point into the user's files. The caller decides
@@ -89,7 +89,7 @@ def prepare(spec: DataSpec, seed: int, force: bool = False) -> Prepared:
         given["train"] = stratified_sample(given["train"], spec.limit, seed)
     needs_split = not (spec.validation and spec.test)
     findings = run_checks(DoctorContext(splits=given, labels=labels, multi_label=spec.multi_label,
-                                        needs_split=needs_split))
+                                        needs_split=needs_split, tokenizer=tokenizer, max_length=spec.max_length))
     files = [file_fingerprint(src) for src in (spec.train, spec.validation, spec.test) if src]
     if any(f.severity == "error" for f in findings):
         if not force:

@@ -16,7 +16,7 @@ def _row(split: str, metrics: dict[str, Any], baseline: dict[str, Any]) -> str:
 
 
 def model_card(spec: RunSpec, prepared: Prepared, metrics: dict[str, Any], details: dict[str, Any],
-               params: dict[str, int]) -> str:
+               params: dict[str, int], data_headline: str = "") -> str:
     """Base model, data with hashes, method, hyperparameters, metrics against the baseline, limits."""
     t = spec.training
     files = "\n".join(f"- `{f['source']}` ({f['kind']}" + (f", sha256 `{f['sha256']}`)" if f["sha256"] else ")")
@@ -50,7 +50,7 @@ Labels: {', '.join(prepared.labels)}{' (multi-label)' if spec.data.multi_label e
 Examples per split: {sizes}. Column mapping: text=`{spec.data.text_column}`, label=`{spec.data.label_column}`.
 Texts truncated to {spec.data.max_length} tokens.
 
-Data checks before training:
+Data checks before training ({data_headline}; details in `data_report.html`):
 {findings}
 
 ## Method and hyperparameters

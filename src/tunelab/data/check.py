@@ -1,0 +1,41 @@
+"""`tunelab data check`: run every doctor check on a spec's data or on one file, before any training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunelab.data import file_fingerprint, infer_labels, prepare
+from tunelab.data.doctor import DoctorContext, Finding, run_checks
+from tunelab.data.sources import read_source
+from tunelab.reports import data_report
+
+
+def _tokenizer(base: str) -> Any:
+    """The base model's tokenizer, for token-length checks; None when it cannot be loaded offline."""
+    from tunelab import catalog
+
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(catalog.resolve(base))
+    except Exception:  # noqa: BLE001 - token checks are optional; the others still run
+        return None
+
+
+def check_target(target: str, text_column: str = "text", label_column: str = "label",
+                 multi_label: bool = False, base: str | None = None, max_length: int = 256) -> dict[str, Any]:
+    """Check TARGET (a spec YAML, a data file or a bundled set name) and return the data report dict."""
+    if target.endswith((".yaml", ".yml")) and Path(target).is_file():
+        from tunelab.spec import load_spec
+
+        spec = load_spec(target)
+        prepared = prepare(spec.data, spec.training.seed, tokenizer=_tokenizer(spec.model.base))
+        sizes = {k: len(v) for k, v in prepared.splits.items()}
+        return data_report.build(prepared.findings, sizes, prepared.files)
+    ds = read_source(target, text_column, label_column, multi_label)
+    labels = infer_labels(ds)
+    ctx = DoctorContext(splits={"train": ds}, labels=labels, multi_label=multi_label,
+                        tokenizer=_tokenizer(base) if base else None, max_length=max_length)
+    findings: list[Finding] = run_checks(ctx)
+    return data_report.build(findings, {"train": len(ds)}, [file_fingerprint(target)])
