@@ -102,7 +102,7 @@ def test_empty_text_is_an_error_with_file_and_row(tmp_path: Path) -> None:
 
 def test_unknown_label_in_given_test_split(tmp_path: Path) -> None:
     train = balanced_csv(tmp_path / "train.csv")
-    val = balanced_csv(tmp_path / "val.csv", 3)
+    val = write(tmp_path / "val.csv", "review,sentiment\nnice one,pos\nawful one,neg\n")
     test = write(tmp_path / "test.csv", "review,sentiment\ngood,pos\nmeh,neutral\n")
     spec = DataSpec(train=str(train), validation=str(val), test=str(test), text_column="review", label_column="sentiment")
     prepared = prepare(spec, seed=0)
@@ -137,8 +137,11 @@ def test_stratified_split_and_given_splits_respected(tmp_path: Path) -> None:
     assert len(set(all_locations)) == 100  # disjoint and complete
     again = prepare(DataSpec(train=str(path)), seed=0)
     assert list(again.splits["test"]["location"]) == list(prepared.splits["test"]["location"])
-    given = prepare(DataSpec(train=str(path), test=str(path)), seed=0)
-    assert len(given.splits["test"]) == 100 and len(given.splits["validation"]) == 10
+    other = write(tmp_path / "test.csv", "text,label\n" + "".join(f"u{i},{'a' if i < 16 else 'b'}\n" for i in range(20)))
+    given = prepare(DataSpec(train=str(path), test=str(other)), seed=0)
+    assert len(given.splits["test"]) == 20 and len(given.splits["validation"]) == 10
+    leaky = prepare(DataSpec(train=str(path), test=str(path)), seed=0)  # the same file twice is leakage
+    assert [f.check for f in leaky.errors] == ["leakage"]
 
 
 def test_limit_takes_stratified_sample() -> None:

@@ -150,7 +150,9 @@ def class_imbalance(ctx: DoctorContext) -> Finding | None:
         return None
     return Finding("class-imbalance", "warning",
                    f"class '{top}' has {n_top} examples, '{low}' only {n_low} ({n_top / n_low:.0f}:1)", 1,
-                   "judge by macro-F1 (the default), and consider collecting more minority examples")
+                   "judge by macro-F1 (the default), and consider collecting more minority examples",
+                   details={"ratio": round(n_top / n_low, 2), "counts": dict(counts.most_common()),
+                            "minority": {lab: n for lab, n in counts.items() if n_top >= 10 * n}})
 
 
 def run_checks(ctx: DoctorContext) -> list[Finding]:
@@ -161,3 +163,7 @@ def run_checks(ctx: DoctorContext) -> list[Finding]:
         findings += result if isinstance(result, list) else ([result] if result is not None else [])
     order = {"error": 0, "warning": 1, "info": 2}
     return sorted(findings, key=lambda f: order[f.severity])
+
+
+# The checks that live in their own modules register themselves on import (kept last: they import this one).
+from tunelab.data import checks_chat, checks_dedup, checks_images, checks_labels, checks_pii, checks_text  # noqa: E402,F401
