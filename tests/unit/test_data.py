@@ -157,3 +157,23 @@ def test_multi_label_cells(tmp_path: Path) -> None:
     assert not prepared.errors
     csv_path = write(tmp_path / "m.csv", "text,label\nx,a|b\ny,b\n")
     assert list(read_source(str(csv_path), multi_label=True)["label"]) == [["a", "b"], ["b"]]
+
+
+def test_unexpected_columns_are_noted(tmp_path: Path) -> None:
+    path = write(tmp_path / "t.csv", "id,body,label,notes\n" + "".join(f"{i},text {i},{'ab'[i % 2]},n\n" for i in range(30)))
+    prepared = prepare(DataSpec(train=str(path), text_column="body"), seed=0)
+    [finding] = [f for f in prepared.findings if f.check == "unexpected-columns"]
+    assert finding.severity == "info" and finding.examples == [f"{path}: ['id', 'notes']"]
+
+
+def test_auto_split_keeps_duplicates_on_the_training_side(tmp_path: Path) -> None:
+    rows = "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(60)) + "".join(f"Text {i}!,{'ab'[i % 2]}\n" for i in range(20))
+    path = write(tmp_path / "dups.csv", "text,label\n" + rows)
+    prepared = prepare(DataSpec(train=str(path)), seed=0)
+    from tunelab.data.dedup import normalize_text
+
+    train = {normalize_text(t) for t in prepared.splits["train"]["text"]}
+    for name in ("validation", "test"):
+        assert not train & {normalize_text(t) for t in prepared.splits[name]["text"]}
+    assert sum(len(ds) for ds in prepared.splits.values()) == 80  # nothing dropped
+    assert any(f.check == "split-duplicates-kept-in-train" for f in prepared.findings)

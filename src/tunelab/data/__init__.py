@@ -10,7 +10,7 @@ from typing import Any
 import datasets
 
 from tunelab.data.doctor import DoctorContext, Finding, run_checks
-from tunelab.data.sources import BUNDLED_DATA, DataError, read_source
+from tunelab.data.sources import BUNDLED_DATA, DataError, read_source, source_columns
 from tunelab.data.split import stratified_sample, stratified_split
 from tunelab.spec import DataSpec
 
@@ -73,6 +73,28 @@ def _drop_unusable(ds: datasets.Dataset, labels: list[str], name: str) -> tuple[
     return ds.select(keep), dropped
 
 
+def _keep_duplicates_in_train(splits: dict[str, datasets.Dataset], carved: list[str]) -> list[str]:
+    """Move rows of the carved-out splits whose normalised text is also in train back into train.
+
+    A random split of a file with duplicates puts copies on both sides, and the test score then
+    measures memory; keeping every copy on the training side avoids that without dropping anything.
+    """
+    from tunelab.data.dedup import normalize_texts
+    from tunelab.data.doctor import column
+
+    in_train = set(normalize_texts(column(splits["train"], "text")).to_pylist())
+    moved: list[str] = []
+    for name in carved:
+        ds = splits[name]
+        norm = normalize_texts(column(ds, "text")).to_pylist()
+        leak = [i for i, t in enumerate(norm) if t in in_train]
+        if leak:
+            moved += column(ds.select(leak), "location")
+            splits["train"] = datasets.concatenate_datasets([splits["train"], ds.select(leak)])
+            splits[name] = ds.select([i for i in range(len(ds)) if i not in set(leak)])
+    return moved
+
+
 def prepare(spec: DataSpec, seed: int, force: bool = False, tokenizer: Any = None) -> Prepared:
     """Read every source, run the doctor's checks, and split when only a training source is given.
 
@@ -88,8 +110,11 @@ def prepare(spec: DataSpec, seed: int, force: bool = False, tokenizer: Any = Non
     if spec.limit:
         given["train"] = stratified_sample(given["train"], spec.limit, seed)
     needs_split = not (spec.validation and spec.test)
+    sources = {"train": spec.train, "validation": spec.validation, "test": spec.test}
+    columns = {name: (src, source_columns(src)) for name, src in sources.items() if src}
     findings = run_checks(DoctorContext(splits=given, labels=labels, multi_label=spec.multi_label,
-                                        needs_split=needs_split, tokenizer=tokenizer, max_length=spec.max_length))
+                                        needs_split=needs_split, tokenizer=tokenizer, max_length=spec.max_length,
+                                        columns=columns, used_columns=(spec.text_column, spec.label_column)))
     files = [file_fingerprint(src) for src in (spec.train, spec.validation, spec.test) if src]
     if any(f.severity == "error" for f in findings):
         if not force:
@@ -106,4 +131,10 @@ def prepare(spec: DataSpec, seed: int, force: bool = False, tokenizer: Any = Non
     splits = dict(given)
     if shares:
         splits.update(stratified_split(given["train"], shares, seed))
+        moved = _keep_duplicates_in_train(splits, list(shares))
+        if moved:
+            findings.append(Finding("split-duplicates-kept-in-train", "info",
+                                    f"{len(moved)} row(s) repeat a training text; they were kept in train rather "
+                                    "than split into validation/test, so the split itself creates no leakage",
+                                    len(moved), "nothing to do; `tunelab data clean` drops the copies", moved[:5]))
     return Prepared(splits=splits, labels=labels, findings=findings, files=files)

@@ -33,9 +33,37 @@ def check_target(target: str, text_column: str = "text", label_column: str = "la
         prepared = prepare(spec.data, spec.training.seed, tokenizer=_tokenizer(spec.model.base))
         sizes = {k: len(v) for k, v in prepared.splits.items()}
         return data_report.build(prepared.findings, sizes, prepared.files)
+    path = Path(target)
+    if path.is_dir() and not (path / "dataset_info.json").is_file():
+        return _check_image_folder(path)
+    from tunelab.data.checks_chat import read_records
+
+    if not path.is_dir() and path.suffix.lower() in (".jsonl", ".json"):
+        records = read_records(target)
+        if any("messages" in record for _, record in records):
+            ctx = DoctorContext(splits={}, labels=[], records={"train": records},
+                                tokenizer=_tokenizer(base) if base else None, max_length=max_length)
+            return data_report.build(run_checks(ctx), {"train": len(records)}, [file_fingerprint(target)])
     ds = read_source(target, text_column, label_column, multi_label)
     labels = infer_labels(ds)
     ctx = DoctorContext(splits={"train": ds}, labels=labels, multi_label=multi_label,
                         tokenizer=_tokenizer(base) if base else None, max_length=max_length)
     findings: list[Finding] = run_checks(ctx)
     return data_report.build(findings, {"train": len(ds)}, [file_fingerprint(target)])
+
+
+def _check_image_folder(root: Path) -> dict[str, Any]:
+    """A folder of images: `<split>/<class>/<file>` (split folders named train/val/validation/test) or
+    `<class>/<file>`. Every file is checked, not only those with image suffixes: a stray non-image is a
+    finding, not something to skip."""
+    split_names = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
+    tops = [p for p in sorted(root.iterdir()) if p.is_dir()]
+    by_split = ({split_names[p.name]: p for p in tops if p.name in split_names}
+                if any(p.name in split_names for p in tops) else {"train": root})
+    images: dict[str, list[tuple[str, str]]] = {}
+    for split, folder in by_split.items():
+        files = sorted(f for f in folder.rglob("*") if f.is_file() and not f.name.startswith("."))
+        images[split] = [(str(f.relative_to(root)), str(f)) for f in files]
+    ctx = DoctorContext(splits={}, labels=[], images=images)
+    return data_report.build(run_checks(ctx), {k: len(v) for k, v in images.items()},
+                             [file_fingerprint(str(root))])

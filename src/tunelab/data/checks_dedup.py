@@ -112,6 +112,8 @@ def analyse(ctx: DoctorContext) -> _Analysis:
 
 @register_check("exact-duplicate", "warning")
 def exact_duplicate(ctx: DoctorContext) -> Finding | None:
+    if not any(len(ds) for ds in ctx.splits.values()):  # chat or image data: no texts to compare
+        return None
     a = analyse(ctx)
     dup = np.flatnonzero(a.u_count > 1)
     if not len(dup):
@@ -132,6 +134,8 @@ def exact_duplicate(ctx: DoctorContext) -> Finding | None:
 
 @register_check("near-duplicate", "info")
 def near_duplicate(ctx: DoctorContext) -> Finding | None:
+    if not any(len(ds) for ds in ctx.splits.values()):  # chat or image data: no texts to compare
+        return None
     a = analyse(ctx)
     if not len(a.u_code):
         return None
@@ -158,6 +162,8 @@ def near_duplicate(ctx: DoctorContext) -> Finding | None:
 
 @register_check("leakage", "error")
 def leakage(ctx: DoctorContext) -> Finding | None:
+    if not any(len(ds) for ds in ctx.splits.values()):  # chat or image data: no texts to compare
+        return None
     a = analyse(ctx)
     if len(a.names) < 2 or not len(a.u_code):
         return None
@@ -206,6 +212,8 @@ def _label_strings(ds: datasets.Dataset) -> pa.Array:
 
 @register_check("conflicting-labels", "warning")
 def conflicting_labels(ctx: DoctorContext) -> Finding | None:
+    if not any(len(ds) for ds in ctx.splits.values()):  # chat or image data: no texts to compare
+        return None
     a = analyse(ctx)
     enc = pa.concat_arrays([_label_strings(ds) for ds in a.splits]).dictionary_encode()
     labels = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)

@@ -21,7 +21,7 @@ import ftfy
 import ftfy.badness
 import numpy as np
 
-from tunelab.data.doctor import MAX_EXAMPLES, DoctorContext, Finding, register_check
+from tunelab.data.doctor import column, MAX_EXAMPLES, DoctorContext, Finding, register_check
 
 MIN_WORDS = 3
 MAX_LOCATIONS = 1000  # flagged locations kept in details, for the report and the clean command
@@ -49,11 +49,6 @@ def fix_mojibake(text: str) -> str:
 def strip_control(text: str) -> str:
     """TEXT without control characters (except tab and line breaks), NUL bytes or U+FFFD."""
     return _CONTROL.sub("", text)
-
-
-def column(ds: datasets.Dataset, name: str) -> list[Any]:
-    """A whole column as a list, through Arrow: `list(ds[name])` goes row by row (40 s for a million rows)."""
-    return ds.with_format("arrow")[name].to_pylist()
 
 
 def _texts(ctx: DoctorContext) -> Iterator[tuple[str, datasets.Dataset, list[str]]]:

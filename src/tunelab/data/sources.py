@@ -195,6 +195,14 @@ def read_source(
     return datasets.Dataset.from_dict({"text": texts, "label": labels, "location": locations})
 
 
+def source_columns(source: str) -> list[str]:
+    """The columns of SOURCE's first record (cheap: reads one row), for the unexpected-columns check."""
+    if source in BUNDLED_DATA:
+        return ["text", "label"]
+    first = next(iter(_rows(source)), None)
+    return list(first[1]) if first else []
+
+
 def describe_bundled() -> str:
     """One line per bundled data set."""
     return "\n".join(f"  {name:<16} {desc}" for name, (_, desc) in BUNDLED_DATA.items())
