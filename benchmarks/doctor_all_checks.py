@@ -1,7 +1,7 @@
 """Every registered doctor check on 10k, 100k and 1M short texts: the time each takes and peak memory.
 
 What: the synthetic train/validation/test splits of benchmarks/doctor_scaling.py (Zipfian words, 8-30 per
-text, 2% exact and 2% near copies), a `location` column like a real file's, the bundled MiniLM tokenizer
+text, 2% exact and 2% near copies), with their `location` column, the bundled MiniLM tokenizer
 with max_length 32 so the token-length check has truncation to count, and then `run_checks` as a training
 run calls it: each registered check timed on its own. Each size runs in a fresh subprocess so ru_maxrss is
 that size's peak. Target (issue "dataset doctor"): 1M texts through every text check in under 5 minutes,
@@ -35,8 +35,6 @@ def worker(n: int) -> dict[str, Any]:
     from tunelab.data.doctor import CHECKS, DoctorContext
 
     splits, _ = synthetic(n)
-    splits = {name: ds.add_column("location", [f"{name}.csv:{i + 2}" for i in range(len(ds))])
-              for name, ds in splits.items()}
     labels = sorted(set(splits["train"].with_format("arrow")["label"].to_pylist()))
     ctx = DoctorContext(splits=splits, labels=labels, tokenizer=AutoTokenizer.from_pretrained(resolve("minilm")),
                         max_length=32)

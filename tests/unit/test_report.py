@@ -30,3 +30,17 @@ def test_report_sections_and_overfitting_warning(tmp_path: Path) -> None:
 def test_report_without_warning(tmp_path: Path) -> None:
     write_report(tmp_path / "report.html", _context(None))
     assert "overfitting-warning" not in (tmp_path / "report.html").read_text()
+
+
+def test_data_report_draws_the_token_length_histogram(tmp_path: Path) -> None:
+    from tunelab.data.doctor import Finding
+    from tunelab.reports import data_report
+
+    too_long = Finding("too-long", "warning", "3 text(s) are longer than max_length=8", 3, "raise data.max_length",
+                       ["a.csv:2"], details={"max_length": 8, "histogram": {"edges": [1, 4, 8, 16], "counts": [5, 2, 3]}})
+    report = data_report.build([too_long], {"train": 10}, [{"source": "a.csv", "kind": "csv", "sha256": "ab"}])
+    data_report.write(report, tmp_path)
+    html = (tmp_path / "data_report.html").read_text()
+    assert 'alt="too-long histogram"' in html and "a.csv:2" in html
+    assert report["summary"] == {"error": 0, "warning": 1, "info": 0}
+    assert data_report.headline(report) == "train 10; 0 error(s), 1 warning(s), 0 note(s)"
