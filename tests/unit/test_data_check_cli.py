@@ -54,3 +54,14 @@ def test_image_folder_with_a_non_image_and_a_cross_split_copy(tmp_path: Path) ->
     assert report["sizes"] == {"train": 3, "validation": 1}
     checks = {f["check"] for f in report["findings"]}
     assert {"image-not-an-image", "image-split-duplicate"} <= checks
+
+
+def test_malformed_file_reports_every_bad_line(tmp_path: Path) -> None:
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"text": "a", "label": "x"}\n{"text": "b", label}\n{"text": "c", "label": "y"}\n[1, 2]\n')
+    result, report = data_check(src, tmp_path / "out")
+    assert result.returncode == 1
+    [finding] = report["findings"]
+    assert finding["check"] == "malformed-file" and finding["count"] == 2
+    assert finding["examples"][0].startswith(f"{src}:2: not valid JSON")
+    assert finding["examples"][1] == f"{src}:4: each line must be a JSON object, got list"

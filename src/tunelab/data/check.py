@@ -7,7 +7,7 @@ from typing import Any
 
 from tunelab.data import file_fingerprint, infer_labels, prepare
 from tunelab.data.doctor import DoctorContext, Finding, run_checks
-from tunelab.data.sources import read_source
+from tunelab.data.sources import MalformedFile, read_source
 from tunelab.reports import data_report
 
 
@@ -23,9 +23,25 @@ def _tokenizer(base: str) -> Any:
         return None
 
 
+def _malformed_report(target: str, err: MalformedFile) -> dict[str, Any]:
+    finding = Finding("malformed-file", "error", f"{len(err.problems)} line(s) of {err.path} cannot be read",
+                      len(err.problems), err.fix, err.problems[:5])
+    return data_report.build([finding], {}, [file_fingerprint(target)])
+
+
 def check_target(target: str, text_column: str = "text", label_column: str = "label",
                  multi_label: bool = False, base: str | None = None, max_length: int = 256) -> dict[str, Any]:
-    """Check TARGET (a spec YAML, a data file or a bundled set name) and return the data report dict."""
+    """Check TARGET (a spec YAML, a data file or a bundled set name) and return the data report dict.
+
+    A malformed file becomes a report with every bad line (its `malformed-file` finding), not a crash."""
+    try:
+        return _check(target, text_column, label_column, multi_label, base, max_length)
+    except MalformedFile as err:
+        return _malformed_report(str(err.path), err)
+
+
+def _check(target: str, text_column: str, label_column: str, multi_label: bool, base: str | None,
+           max_length: int) -> dict[str, Any]:
     if target.endswith((".yaml", ".yml")) and Path(target).is_file():
         from tunelab.spec import load_spec
 

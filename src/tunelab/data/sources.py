@@ -23,6 +23,16 @@ class DataError(ValueError):
     """Data that cannot be used as given; the message names the file, the row and the fix."""
 
 
+class MalformedFile(DataError):
+    """A file with unreadable lines: every bad line is collected (not only the first) with its fix."""
+
+    def __init__(self, path: Path, problems: list[str], fix: str) -> None:
+        self.path, self.problems, self.fix = path, problems, fix
+        listed = "\n".join(f"  {p}" for p in problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        super().__init__(f"{path}: {len(problems)} malformed line(s); {fix}\n{listed}{more}")
+
+
 Row = tuple[str, dict[str, Any]]  # (location, raw record)
 
 
@@ -79,28 +89,34 @@ def _read_delimited(path: Path, delimiter: str) -> Iterator[Row]:
     header = next(reader, None)
     if header is None:
         raise DataError(f"{path}: the file is empty; expected a header row and data rows")
+    problems: list[str] = []
     for fields in reader:
         if not fields:
             continue
         if len(fields) != len(header):
-            raise DataError(
-                f"{path}:{reader.line_num}: {len(fields)} fields, but the header has {len(header)}. "
-                "Quote fields that contain the delimiter or a line break."
-            )
+            problems.append(f"{path}:{reader.line_num}: {len(fields)} fields, but the header has {len(header)}")
+            continue
         yield f"{path}:{reader.line_num}", dict(zip(header, fields))
+    if problems:
+        raise MalformedFile(path, problems, "quote fields that contain the delimiter or a line break")
 
 
 def _read_jsonl(path: Path) -> Iterator[Row]:
+    problems: list[str] = []
     for number, line in enumerate(_decode(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}).") from None
+            problems.append(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})")
+            continue
         if not isinstance(record, dict):
-            raise DataError(f"{path}:{number}: each line must be a JSON object, got {type(record).__name__}")
+            problems.append(f"{path}:{number}: each line must be a JSON object, got {type(record).__name__}")
+            continue
         yield f"{path}:{number}", record
+    if problems:
+        raise MalformedFile(path, problems, "write one JSON object per line")
 
 
 def _read_table(table: Any, name: str) -> Iterator[Row]:
