@@ -154,7 +154,7 @@ def machine() -> str:
         with open("/proc/cpuinfo") as fh:
             model = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
+        pass  # deliberate: no CPU model name on this platform; platform.machine() is printed instead
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (f"{model}, {cores} usable core(s), Python {platform.python_version()}, numpy {np.__version__}, "
             f"pyarrow {pa.__version__}")

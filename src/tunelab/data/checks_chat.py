@@ -201,7 +201,7 @@ def _token_count(tokenizer: Any, rec: dict[str, Any], msgs: list[dict[str, Any]]
             text = tokenizer.apply_chat_template(msgs, tools=rec.get("tools"), tokenize=False)
             return len(tokenizer(text, add_special_tokens=False)["input_ids"]), "chat-template"
         except Exception:  # noqa: BLE001 - templates raise anything (jinja errors, their own ValueErrors)
-            pass
+            pass  # deliberate: count role + content below, as the finding's details say
     return len(tokenizer(plain)["input_ids"]), "concatenated"
 
 

@@ -52,7 +52,7 @@ def candidate_rows(texts: Any) -> tuple[list[int], list[str]]:
             rows = pc.indices_nonzero(hit)
             return rows.to_pylist(), texts.take(rows).to_pylist()
     except (ImportError, NotImplementedError):  # ArrowNotImplementedError subclasses NotImplementedError
-        pass
+        pass  # deliberate: fall through to the pure-Python prefilter below
     values = texts.to_pylist() if hasattr(texts, "to_pylist") else list(texts)
     search = PREFILTER_RE.search
     rows_py = [i for i, t in enumerate(values) if t and search(t)]
