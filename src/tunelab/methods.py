@@ -35,14 +35,49 @@ def apply_full(model: torch.nn.Module, spec: RunSpec, task: Any) -> torch.nn.Mod
 
 
 @register_method("lora")
-def apply_lora(model: torch.nn.Module, spec: RunSpec, task: Any) -> torch.nn.Module:
-    """Low-rank adapters on the target modules (peft); the task head stays fully trainable."""
+def apply_lora(model: torch.nn.Module, spec: RunSpec, task: Any, use_dora: bool = False) -> torch.nn.Module:
+    """Low-rank adapters on the target modules (peft); a classifier's head stays fully trainable.
+    'all-linear' means every linear layer except the output projection (peft's rule)."""
     from peft import LoraConfig, get_peft_model
 
     cfg = spec.model.lora
     config = LoraConfig(task_type=task.peft_task_type(), r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                        target_modules=cfg.target_modules)
+                        target_modules=cfg.target_modules, use_dora=use_dora)
     return get_peft_model(model, config)
+
+
+@register_method("dora")
+def apply_dora(model: torch.nn.Module, spec: RunSpec, task: Any) -> torch.nn.Module:
+    """DoRA: LoRA on the direction of each weight plus a trained magnitude vector (peft `use_dora`).
+    Closer to full fine-tuning than LoRA at the same rank, for about 1.3x LoRA's step time."""
+    return apply_lora(model, spec, task, use_dora=True)
+
+
+@register_method("qlora")
+def apply_qlora(model: torch.nn.Module, spec: RunSpec, task: Any) -> torch.nn.Module:
+    """LoRA on a base loaded in 4-bit NF4 (the task loads it so); peft prepares the frozen 4-bit layers
+    (fp32 norms, input gradients for checkpointing). CUDA only: `check_supported` refuses it elsewhere."""
+    from peft import prepare_model_for_kbit_training
+
+    return apply_lora(prepare_model_for_kbit_training(model), spec, task)
+
+
+class MethodUnavailable(RuntimeError):
+    """A method this machine cannot run; raised before any work starts."""
+
+
+def check_supported(method: str) -> None:
+    """Refuse, up front, a method that cannot run here (QLoRA needs CUDA and bitsandbytes)."""
+    if method != "qlora":
+        return
+    if not torch.cuda.is_available():
+        raise MethodUnavailable("model.method qlora needs a CUDA GPU (bitsandbytes 4-bit kernels), and none is "
+                                "available here. Use method: lora (same adapters on the unquantised base; needs "
+                                "more memory) or run on a machine with an NVIDIA GPU.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise MethodUnavailable("model.method qlora needs bitsandbytes: pip install bitsandbytes") from None
 
 
 def apply(model: torch.nn.Module, spec: RunSpec, task: Any) -> torch.nn.Module:

@@ -85,6 +85,11 @@ def _check_data(prepared: Prepared, force: bool, run_dir: Path, accelerator: Acc
 
 def fine_tune(spec: RunSpec, resume: bool = False, force: bool = False, overwrite: bool = False) -> Run:
     """Fine-tune spec.model.base on spec.data and leave a complete run directory behind."""
+    methods.check_supported(spec.model.method)  # e.g. QLoRA without CUDA: refused before any work
+    if spec.generative:
+        from tunelab.recipe_lm import fine_tune_lm
+
+        return fine_tune_lm(spec, resume=resume, force=force, overwrite=overwrite)
     started = time.time()
     accelerator = Accelerator(gradient_accumulation_steps=spec.training.gradient_accumulation_steps)
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -15,7 +15,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-DEFAULT_LR = {"full": 2e-5, "lora": 2e-4}
+DEFAULT_LR = {"full": 2e-5, "lora": 2e-4, "dora": 2e-4, "qlora": 2e-4}
+GENERATIVE_TASKS = ("chat", "completion")
+LM_BATCHING = ("padding-free", "packing", "padded")
+CLASSIFIER_BATCHING = ("length-mixed", "random")
+GENERATION_METRICS = ("rouge_l", "token_f1", "exact_match")
 
 
 class SpecError(ValueError):
@@ -40,8 +44,10 @@ class ModelSpec(_Section):
         "all-MiniLM-L6-v2",
         description="Base model: a bundled name (see `tunelab models`), a local Hugging Face folder, or a hub id.",
     )
-    method: Literal["full", "lora"] = Field(
-        "full", description="full: update every weight. lora: train low-rank adapters (peft), keep the base frozen."
+    method: Literal["full", "lora", "dora", "qlora"] | None = Field(
+        None,
+        description="full: update every weight. lora: low-rank adapters (peft), base frozen. dora: weight-decomposed "
+        "LoRA. qlora: LoRA on a 4-bit base (bitsandbytes, CUDA only). Default: full for classifiers, lora for LLMs.",
     )
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings, used when method is lora.")
 
@@ -78,7 +84,18 @@ class DataSpec(_Section):
     limit: int | None = Field(
         None, ge=2, description="Use a stratified sample of this many training-source examples (quick trials)."
     )
-    max_length: int = Field(256, ge=8, description="Texts are truncated to this many tokens.")
+    max_length: int | None = Field(
+        None, ge=8, description="Examples are truncated to this many tokens. Default: 256 for classifiers, 1024 for LLMs."
+    )
+    format: Literal["auto", "messages", "alpaca", "sharegpt"] = Field(
+        "auto", description="Chat data layout: OpenAI messages, Alpaca instruction/input/output, ShareGPT conversations."
+    )
+    train_on: Literal["all-assistant", "last-assistant", "all"] = Field(
+        "all-assistant", description="Chat tokens that carry the loss: every assistant turn, the last one, or everything."
+    )
+    chat_template: str | None = Field(
+        None, description="Chat template: null uses the base model's own; 'chatml' or a Jinja string when it has none."
+    )
 
 
 class TrainingSpec(_Section):
@@ -95,9 +112,10 @@ class TrainingSpec(_Section):
     early_stopping_patience: int | None = Field(
         2, ge=1, description="Stop after this many epochs without a better validation metric; null disables."
     )
-    batching: Literal["length-mixed", "random"] = Field(
-        "length-mixed",
-        description="length-mixed: batches of similar length whose labels stay mixed (fast, safe); random: plain shuffle.",
+    batching: Literal["length-mixed", "random", "padding-free", "packing", "padded"] | None = Field(
+        None,
+        description="Classifiers: length-mixed (similar lengths, labels mixed; default) or random. LLMs: padding-free "
+        "(examples concatenated, no attention across them; default), packing (rows filled to max_length) or padded.",
     )
     checkpoint_steps: int | None = Field(
         None, ge=1, description="Also checkpoint every N optimiser steps (a checkpoint is always written each epoch)."
@@ -105,14 +123,24 @@ class TrainingSpec(_Section):
     seed: int = Field(42, description="Seed for data order, initialisation and dropout.")
 
 
+class GenerationSpec(_Section):
+    prompts: int = Field(16, ge=0, description="Held-out prompts answered by the base and the fine-tuned model (0: none).")
+    max_new_tokens: int = Field(64, ge=1, description="Longest generated answer, in tokens (greedy decoding).")
+    every_epoch: bool = Field(
+        False, description="Also generate on validation prompts each epoch (needed when metric is a generation metric)."
+    )
+
+
 class EvaluationSpec(_Section):
-    metric: Literal["macro_f1", "accuracy", "micro_f1"] = Field(
-        "macro_f1", description="Task metric used for early stopping, best-checkpoint choice and the baseline comparison."
+    metric: Literal["macro_f1", "accuracy", "micro_f1", "loss", "rouge_l", "token_f1", "exact_match"] | None = Field(
+        None, description="Metric for early stopping, best-checkpoint choice and the baseline comparison. Default: "
+        "macro_f1 for classifiers, validation loss for LLMs (rouge_l, token_f1, exact_match also work)."
     )
     baseline: bool = Field(True, description="Score the untuned base model on the same validation and test examples.")
     zero_shot_template: str = Field(
         "{label}", description="How a label name is phrased for the zero-shot baseline of a sentence encoder."
     )
+    generation: GenerationSpec = Field(default_factory=GenerationSpec, description="Generation on held-out prompts (LLMs).")
 
 
 class OutputSpec(_Section):
@@ -121,12 +149,47 @@ class OutputSpec(_Section):
 
 class RunSpec(_Section):
     name: str | None = Field(None, description="Run name: the run directory is <output.dir>/<name>. Default: spec file stem.")
-    task: Literal["text-classification"] = Field(..., description="What the model learns to do.")
+    task: Literal["text-classification", "chat", "completion"] = Field(
+        ..., description="What the model learns to do: text-classification, chat (instructions, multi-turn) or completion."
+    )
     model: ModelSpec = Field(default_factory=ModelSpec, description="Base model and adaptation method.")
     data: DataSpec = Field(..., description="Where the examples come from and how to read them.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="How models are scored.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where results go.")
+
+    @model_validator(mode="after")
+    def _task_defaults(self) -> "RunSpec":
+        """Fill the defaults that depend on the task, and refuse settings that do not fit it."""
+        generative = self.task in GENERATIVE_TASKS
+        if self.model.method is None:
+            self.model.method = "lora" if generative else "full"
+        if self.data.max_length is None:
+            self.data.max_length = 1024 if generative else 256
+        if self.training.batching is None:
+            self.training.batching = "padding-free" if generative else "length-mixed"
+        if self.evaluation.metric is None:
+            self.evaluation.metric = "loss" if generative else "macro_f1"
+        allowed_batching = LM_BATCHING if generative else CLASSIFIER_BATCHING
+        if self.training.batching not in allowed_batching:
+            raise ValueError(f"training.batching '{self.training.batching}' does not apply to {self.task}; "
+                             f"use one of {', '.join(allowed_batching)}")
+        allowed_metrics = ("loss", *GENERATION_METRICS) if generative else ("macro_f1", "accuracy", "micro_f1")
+        if self.evaluation.metric not in allowed_metrics:
+            raise ValueError(f"evaluation.metric '{self.evaluation.metric}' does not apply to {self.task}; "
+                             f"use one of {', '.join(allowed_metrics)}")
+        if not generative and self.model.method in ("dora", "qlora"):
+            raise ValueError(f"model.method '{self.model.method}' is for LLMs; use full or lora for {self.task}")
+        return self
+
+    @property
+    def generative(self) -> bool:
+        return self.task in GENERATIVE_TASKS
+
+    @property
+    def lower_is_better(self) -> bool:
+        """Whether the chosen metric improves downwards (loss) rather than upwards (F1, ROUGE)."""
+        return self.evaluation.metric == "loss"
 
     @property
     def learning_rate(self) -> float:
@@ -216,9 +279,15 @@ def _commented(model: type[BaseModel], indent: int, overrides: dict[str, Any]) -
 
 def template(task: str) -> str:
     """A commented spec for TASK, generated from the schema so it never falls out of date."""
-    if task not in {"text-classification"}:
-        raise SpecError(f"unknown task '{task}'; available: text-classification")
-    overrides = {"task": task, "name": "my-run", "data": {"train": "bbc-news"}}
+    tasks = ("text-classification", *GENERATIVE_TASKS)
+    if task not in tasks:
+        raise SpecError(f"unknown task '{task}'; available: {', '.join(tasks)}")
+    if task == "text-classification":
+        overrides = {"task": task, "name": "my-run", "data": {"train": "bbc-news"}}
+    else:
+        train = "construction-faq" if task == "chat" else "my-texts.txt"
+        overrides = {"task": task, "name": "my-run", "data": {"train": train},
+                     "model": {"base": "SmolLM2-135M-Instruct"}}
     header = [f"# tunelab run spec for {task}. Generated by `tunelab init {task}`.",
               "# Every key is optional except task and data.train; the values shown are the defaults."]
     return "\n".join(header + _commented(RunSpec, 0, overrides)) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,9 +83,10 @@ def predict_logits(model: torch.nn.Module, encoded: Any, collator: Any, batch_si
 
 def _epoch_row(epoch: int, losses: list[float], train_true: list, train_pred: list, val: dict[str, Any],
                task: Any, lr: float) -> dict[str, Any]:
-    train_metrics = task.metrics(np.array(train_true), np.array(train_pred))
     row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"), "lr": lr}
-    row.update({f"train_{k}": train_metrics[k] for k in task.metric_names})
+    if task is not None:  # classifiers: the task metric on the training batches as they were seen
+        train_metrics = task.metrics(np.array(train_true), np.array(train_pred))
+        row.update({f"train_{k}": train_metrics[k] for k in task.metric_names})
     row.update({f"val_{k}": v for k, v in val.items() if not isinstance(v, (dict, list))})
     return row
 
@@ -98,14 +100,23 @@ def evaluate_split(model: torch.nn.Module, task: Any, encoded: Any, truth: np.nd
     return metrics
 
 
-def fit(model: torch.nn.Module, task: Any, train: Any, validation: Any, val_truth: np.ndarray, spec: RunSpec,
-        run_dir: Path, accelerator: Accelerator, resume: bool = False) -> TrainState:
+def fit(model: torch.nn.Module, task: Any, train: Any, validation: Any, val_truth: np.ndarray | None, spec: RunSpec,
+        run_dir: Path, accelerator: Accelerator, resume: bool = False,
+        evaluate: Callable[[torch.nn.Module], dict[str, Any]] | None = None) -> TrainState:
     """Train with warmup + linear decay, score the validation split each epoch, stop early, and
-    leave the best epoch's weights in MODEL. Checkpoints go to run_dir/checkpoints (main process)."""
+    leave the best epoch's weights in MODEL. Checkpoints go to run_dir/checkpoints (main process).
+
+    Classifiers are scored by `evaluate_split`; generative tasks pass EVALUATE (validation loss, and
+    generation metrics when asked) and bring their own batching and loss (`task.train_loader`,
+    `task.step_loss`)."""
     t = spec.training
-    sampler_cls = LengthMixedBatchSampler if t.batching == "length-mixed" else RandomBatchSampler
-    sampler = sampler_cls(train.lengths, train.strata, t.batch_size, t.seed)
-    loader = DataLoader(train, batch_sampler=sampler, collate_fn=task.collator())
+    generative = getattr(task, "generative", False)
+    if generative:
+        loader, sampler = task.train_loader(train, t.batch_size, t.seed)
+    else:
+        sampler_cls = LengthMixedBatchSampler if t.batching == "length-mixed" else RandomBatchSampler
+        sampler = sampler_cls(train.lengths, train.strata, t.batch_size, t.seed)
+        loader = DataLoader(train, batch_sampler=sampler, collate_fn=task.collator())
     optimizer = _optimizer(model, spec.learning_rate, t.weight_decay)
     state = TrainState()
     checkpoint = checkpoint_path(run_dir) if resume else None
@@ -137,17 +148,22 @@ def fit(model: torch.nn.Module, task: Any, train: Any, validation: Any, val_trut
                    leave=False)
         for batch in bar:
             with accelerator.accumulate(model):
-                out = model(**batch)
-                accelerator.backward(out.loss)
+                if generative:
+                    step_loss, _ = task.step_loss(model, batch)
+                else:
+                    out = model(**batch)
+                    step_loss = out.loss
+                accelerator.backward(step_loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
                 optimizer.step()
                 scheduler.step() if accelerator.sync_gradients else None
                 optimizer.zero_grad(set_to_none=True)
-            loss = out.loss.detach().float().item()
+            loss = step_loss.detach().float().item()
             losses.append(loss)
-            train_true.extend(batch["labels"].long().cpu().numpy().tolist())
-            train_pred.extend(task.predict_ids(out.logits.detach().float().cpu().numpy()).tolist())
+            if not generative:
+                train_true.extend(batch["labels"].long().cpu().numpy().tolist())
+                train_pred.extend(task.predict_ids(out.logits.detach().float().cpu().numpy()).tolist())
             state.step_in_epoch += 1
             if accelerator.sync_gradients:
                 state.global_step += 1
@@ -156,13 +172,18 @@ def fit(model: torch.nn.Module, task: Any, train: Any, validation: Any, val_trut
                 if t.checkpoint_steps and state.global_step % t.checkpoint_steps == 0:
                     save(f"step-{state.global_step:07d}")
         train_seconds = time.perf_counter() - epoch_started
-        val = evaluate_split(model, task, validation, val_truth, t.eval_batch_size, accelerator)
-        row = _epoch_row(epoch, losses, train_true, train_pred, val, task, scheduler.get_last_lr()[0])
+        if evaluate is not None:
+            val = evaluate(model)
+        else:
+            val = evaluate_split(model, task, validation, val_truth, t.eval_batch_size, accelerator)
+        row = _epoch_row(epoch, losses, train_true, train_pred, val, None if generative else task,
+                         scheduler.get_last_lr()[0])
         row.update(train_seconds=round(train_seconds, 2),
                    val_seconds=round(time.perf_counter() - epoch_started - train_seconds, 2))
         state.history.append(row)
         score = val[spec.evaluation.metric]
-        improved = state.best_metric is None or score > state.best_metric
+        improved = state.best_metric is None or (score < state.best_metric if spec.lower_is_better
+                                                 else score > state.best_metric)
         if improved:
             state.best_metric, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
         else:
@@ -170,8 +191,9 @@ def fit(model: torch.nn.Module, task: Any, train: Any, validation: Any, val_trut
         patience = t.early_stopping_patience
         state.stopped_early = bool(patience and state.bad_epochs >= patience and epoch + 1 < t.epochs)
         state.epoch, state.step_in_epoch = epoch + 1, 0
-        accelerator.print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}  "
-                          f"val {spec.evaluation.metric} {score:.4f}{'  (best)' if improved else ''}")
+        shown = "" if spec.evaluation.metric == "loss" else f"  val {spec.evaluation.metric} {score:.4f}"
+        accelerator.print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}"
+                          f"{shown}{'  (best)' if improved else ''}")
         if improved:
             save(f"best-epoch-{epoch + 1:04d}", pointer="BEST")
         save(f"step-{state.global_step:07d}")

@@ -178,10 +178,17 @@ def unexpected_columns(ctx: DoctorContext) -> Finding | None:
                    details={"columns": extra})
 
 
-def run_checks(ctx: DoctorContext) -> list[Finding]:
-    """Run every registered check; findings ordered errors first."""
+TEXT_ONLY_CHECKS = ("empty-text", "too-short", "mojibake", "control-characters", "exact-duplicate", "near-duplicate",
+                    "leakage", "personal-data")
+"""The checks that make sense for unlabelled text (LLM training data); label checks would only misfire."""
+
+
+def run_checks(ctx: DoctorContext, only: tuple[str, ...] | None = None) -> list[Finding]:
+    """Run every registered check (or only the named ones); findings ordered errors first."""
     findings: list[Finding] = []
-    for _, check in CHECKS.values():
+    for name, (_, check) in CHECKS.items():
+        if only is not None and name not in only:
+            continue
         result = check(ctx)
         findings += result if isinstance(result, list) else ([result] if result is not None else [])
     order = {"error": 0, "warning": 1, "info": 2}
