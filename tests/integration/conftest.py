@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,28 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from helpers import make_text_csv, make_tiny_bert  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A random-init two-layer Llama with a ChatML tokenizer, and chat / completion data it can learn."""
+    from chat_helpers import make_tiny_llama
+
+    root = tmp_path_factory.mktemp("llm")
+    cities = ["paris", "rome", "berlin", "madrid", "lisbon", "vienna", "oslo", "dublin"]
+    chat = root / "chat.jsonl"
+    with chat.open("w") as fh:
+        for i in range(64):
+            messages = [{"role": "user", "content": f"what is the city number {i % 8}?"},
+                        {"role": "assistant", "content": f"the city is {cities[i % 8]}."}]
+            if i % 4 == 0:  # some multi-turn conversations with a system prompt
+                messages = [{"role": "system", "content": "answer briefly."}, *messages,
+                            {"role": "user", "content": "and again?"},
+                            {"role": "assistant", "content": f"again {cities[i % 8]}."}]
+            fh.write(json.dumps({"messages": messages}) + "\n")
+    text = root / "notes.txt"
+    text.write_text("\n\n".join(f"the city number {i % 8} is {cities[i % 8]} and it is nice." for i in range(40)) + "\n")
+    return {"model": make_tiny_llama(root / "tiny-llama", template="chatml"), "chat": chat, "text": text}
 
 
 @pytest.fixture(scope="session")

@@ -17,15 +17,27 @@ from tunelab.spec import parse_spec
 from tunelab.tasks import TASKS
 
 
-def text_classification_case(assets: dict, tmp_path: Path) -> tuple[dict[str, Any], list[str], Callable]:
+def _classifier_check(inputs: list[str], expected: Callable) -> Callable:
+    def check(run: Any) -> None:
+        assert (run.dir / "model" / "config.json").is_file()
+        ft, base = run.metrics["fine_tuned"]["test"], run.metrics["baseline"]["test"]
+        assert ft["n"] == base["n"] > 0
+        assert ft["macro_f1"] > base["macro_f1"]
+        predictions = predict_texts(run.dir, inputs)
+        assert expected(predictions), predictions
+
+    return check
+
+
+def text_classification_case(assets: dict, llm: dict, tmp_path: Path) -> tuple[dict[str, Any], Callable]:
     spec = {"name": "tc", "task": "text-classification", "model": {"base": str(assets["model"])},
             "data": {"train": str(assets["data"]), "max_length": 32},
             "training": {"epochs": 6, "batch_size": 8, "learning_rate": 5e-3}, "output": {"dir": str(tmp_path)}}
     inputs = ["goal match team score coach", "laptop software chip code server"]
-    return spec, inputs, lambda preds: [p["label"] for p in preds] == ["sports", "tech"]
+    return spec, _classifier_check(inputs, lambda preds: [p["label"] for p in preds] == ["sports", "tech"])
 
 
-def multi_label_case(assets: dict, tmp_path: Path) -> tuple[dict[str, Any], list[str], Callable]:
+def multi_label_case(assets: dict, llm: dict, tmp_path: Path) -> tuple[dict[str, Any], Callable]:
     rows = [json.loads(line) for line in []]
     import csv
 
@@ -38,10 +50,58 @@ def multi_label_case(assets: dict, tmp_path: Path) -> tuple[dict[str, Any], list
     spec = {"name": "ml", "task": "text-classification", "model": {"base": str(assets["model"])},
             "data": {"train": str(path), "max_length": 32, "multi_label": True},
             "training": {"epochs": 6, "batch_size": 8, "learning_rate": 5e-3}, "output": {"dir": str(tmp_path)}}
-    return spec, ["goal match team score coach"], lambda preds: "sports" in preds[0]["labels"]
+    return spec, _classifier_check(["goal match team score coach"], lambda preds: "sports" in preds[0]["labels"])
 
 
-CASES = {"text-classification": text_classification_case, "text-classification (multi-label)": multi_label_case}
+def _generative_check(prompt: str, expected_word: str) -> Callable:
+    """Beats the base on held-out loss; the merged export reproduces the recorded answers; generate works."""
+
+    def check(run: Any) -> None:
+        from tunelab.lm_use import export_merged, generate
+
+        assert (run.dir / "adapter" / "adapter_config.json").is_file()
+        ft, base = run.metrics["fine_tuned"]["test"], run.metrics["baseline"]["test"]
+        assert ft["n"] == base["n"] > 0 and ft["loss"] < base["loss"]
+        parity = export_merged(run.dir)
+        assert parity["mismatches"] == 0 and parity["prompts"] > 0
+        answers = generate(run.dir, [prompt], max_new_tokens=12)
+        assert expected_word in answers[0]["answer"], answers
+
+    return check
+
+
+def chat_case(assets: dict, llm: dict, tmp_path: Path) -> tuple[dict[str, Any], Callable]:
+    spec = {"name": "chat", "task": "chat", "model": {"base": str(llm["model"])},
+            "data": {"train": str(llm["chat"]), "max_length": 64},
+            "training": {"epochs": 4, "batch_size": 8, "learning_rate": 1e-2},
+            "evaluation": {"generation": {"prompts": 6, "max_new_tokens": 10}}, "output": {"dir": str(tmp_path)}}
+    return spec, _generative_check("what is the city number 3?", "city")
+
+
+def completion_case(assets: dict, llm: dict, tmp_path: Path) -> tuple[dict[str, Any], Callable]:
+    spec = {"name": "completion", "task": "completion", "model": {"base": str(llm["model"]), "method": "full"},
+            "data": {"train": str(llm["text"]), "max_length": 64},
+            "training": {"epochs": 10, "batch_size": 4, "learning_rate": 5e-3, "batching": "packing",
+                         "early_stopping_patience": None},
+            "evaluation": {"generation": {"prompts": 4, "max_new_tokens": 8}}, "output": {"dir": str(tmp_path)}}
+
+    def check(run: Any) -> None:
+        from tunelab.lm_use import export_merged, generate
+
+        assert (run.dir / "model" / "config.json").is_file()  # full fine-tuning: a plain folder already
+        ft, base = run.metrics["fine_tuned"]["test"], run.metrics["baseline"]["test"]
+        assert ft["loss"] < base["loss"]
+        assert export_merged(run.dir)["mismatches"] == 0
+        answer = generate(run.dir, ["the city number 2 is"], max_new_tokens=8)[0]["answer"]
+        corpus_words = {"the", "city", "number", "is", "and", "it", "nice", *CITIES}
+        assert set(answer.replace(".", " ").split()) & corpus_words, answer  # random init gives byte soup
+
+    return spec, check
+
+
+CITIES = ("paris", "rome", "berlin", "madrid", "lisbon", "vienna", "oslo", "dublin")
+CASES = {"text-classification": text_classification_case, "text-classification (multi-label)": multi_label_case,
+         "chat": chat_case, "completion": completion_case}
 
 
 def test_every_registered_task_has_a_case() -> None:
@@ -49,12 +109,7 @@ def test_every_registered_task_has_a_case() -> None:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_train_save_load_predict(case: str, tiny_assets: dict, tmp_path: Path) -> None:
-    raw, inputs, check = CASES[case](tiny_assets, tmp_path)
+def test_train_save_load_predict(case: str, tiny_assets: dict, tiny_llm: dict, tmp_path: Path) -> None:
+    raw, check = CASES[case](tiny_assets, tiny_llm, tmp_path)
     run = fine_tune(parse_spec(raw))
-    assert (run.dir / "model" / "config.json").is_file()
-    ft, base = run.metrics["fine_tuned"]["test"], run.metrics["baseline"]["test"]
-    assert ft["n"] == base["n"] > 0
-    assert ft["macro_f1"] > base["macro_f1"]
-    predictions = predict_texts(run.dir, inputs)
-    assert check(predictions), predictions
+    check(run)

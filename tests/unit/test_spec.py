@@ -94,3 +94,40 @@ def test_dump_spec_roundtrip() -> None:
 def test_every_shipped_example_spec_validates(path: Path) -> None:
     spec = load_spec(path)
     assert spec.task
+
+
+def test_generative_tasks_get_llm_defaults() -> None:
+    spec = parse_spec({"task": "chat", "data": {"train": "construction-faq"}})
+    assert spec.model.method == "lora" and spec.learning_rate == 2e-4
+    assert spec.training.batching == "padding-free"
+    assert spec.evaluation.metric == "loss" and spec.lower_is_better
+    assert spec.data.max_length == 1024 and spec.data.train_on == "all-assistant"
+    classifier = parse_spec(MINIMAL)
+    assert classifier.model.method == "full" and classifier.training.batching == "length-mixed"
+    assert classifier.evaluation.metric == "macro_f1" and classifier.data.max_length == 256 and not classifier.lower_is_better
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ({"task": "chat", "training": {"batching": "length-mixed"}}, "does not apply to chat; use one of padding-free"),
+    ({"task": "chat", "evaluation": {"metric": "macro_f1"}}, "use one of loss, rouge_l"),
+    ({"task": "text-classification", "training": {"batching": "packing"}}, "use one of length-mixed, random"),
+    ({"task": "text-classification", "model": {"method": "qlora"}}, "is for LLMs"),
+    ({"task": "chat", "data": {"train_on": "assistant"}}, "data.train_on"),
+])
+def test_settings_that_do_not_fit_the_task_are_refused(bad: dict, expected: str) -> None:
+    raw = {"data": {"train": "x.jsonl"}, **bad}
+    raw["data"] = {"train": "x.jsonl", **bad.get("data", {})}
+    with pytest.raises(SpecError, match=expected):
+        parse_spec(raw)
+
+
+@pytest.mark.parametrize("task", ["chat", "completion"])
+def test_init_templates_for_generative_tasks_validate(task: str) -> None:
+    spec = parse_spec(yaml.safe_load(template(task)))
+    assert spec.task == task and spec.model.base == "SmolLM2-135M-Instruct" and spec.model.method == "lora"
+
+
+def test_generative_dump_roundtrip_keeps_filled_defaults() -> None:
+    spec = parse_spec({"task": "completion", "data": {"train": "notes.txt"}})
+    again = parse_spec(yaml.safe_load(dump_spec(spec)))
+    assert again.model_dump() == {**spec.model_dump(), "training": {**spec.model_dump()["training"], "learning_rate": 2e-4}}
