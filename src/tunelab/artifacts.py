@@ -68,19 +68,24 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         raise
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Only the parameters being trained: for LoRA that is the adapters and the head, a few MB."""
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_state(model: torch.nn.Module, everything: bool = False) -> dict[str, torch.Tensor]:
+    """The parameters being trained (for LoRA: the adapters and the head, a few MB) plus the persistent
+    buffers, which training also changes (BatchNorm running statistics). EVERYTHING saves every parameter:
+    needed when the trained set changes during the run (gradual unfreezing)."""
+    persistent = set(model.state_dict(keep_vars=True))
+    state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if everything or p.requires_grad}
+    state.update({n: b.detach().cpu().contiguous() for n, b in model.named_buffers() if n in persistent})
+    return state
 
 
 def save_checkpoint(run_dir: Path, tag: str, model: torch.nn.Module, state: dict[str, Any],
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
-                    pointer: str = "LATEST", keep: int = 1) -> Path:
+                    pointer: str = "LATEST", keep: int = 1, everything: bool = False) -> Path:
     """Write checkpoint TAG atomically, point POINTER at it, and prune older ones of the same kind."""
     root = run_dir / CHECKPOINTS
     final = root / tag
     with atomic_dir(final) as tmp:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        save_file(trainable_state(model, everything), str(tmp / "trainable.safetensors"))
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         if scheduler is not None:
@@ -109,7 +114,7 @@ def checkpoint_path(run_dir: Path, pointer: str = "LATEST") -> Path | None:
 def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     """Load a checkpoint's trainable weights into MODEL; every saved tensor must find its parameter."""
     saved = load_file(str(checkpoint / "trainable.safetensors"))
-    missing = set(saved) - {n for n, _ in model.named_parameters()}
+    missing = set(saved) - set(model.state_dict(keep_vars=True))
     if missing:
         raise RuntimeError(f"{checkpoint}: weights for unknown parameters {sorted(missing)[:5]}; "
                            "was this checkpoint written by a different spec?")

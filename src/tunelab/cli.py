@@ -92,16 +92,21 @@ def evaluate(run: Path = typer.Argument(..., help="Run directory."),
 @app.command()
 def predict(run: Path = typer.Argument(..., help="Run directory (or a model folder)."),
             text: Optional[list[str]] = typer.Option(None, "--text", help="A text to classify; repeatable."),
+            image: Optional[list[str]] = typer.Option(None, "--image", help="An image to classify (with --text for "
+                                                      "text-image runs); repeatable."),
             file: Optional[Path] = typer.Option(None, "--file", help="A .txt (one text per line), CSV, TSV, JSONL or Parquet file."),
             text_column: str = typer.Option("text", help="Text column of --file tables."),
             top_k: int = typer.Option(3, help="Scores to list per text.")) -> None:
-    """Predict labels; prints one JSON object per text (JSON lines)."""
-    from tunelab.evaluate_run import predict_texts, read_texts
+    """Predict labels; prints one JSON object per input (JSON lines)."""
+    from tunelab.evaluate_run import predict_inputs, read_texts
 
-    if bool(text) == bool(file):
-        raise typer.BadParameter("give either --text (one or more) or --file")
-    texts = list(text) if text else read_texts(file, text_column)
-    for row in predict_texts(run, texts, top_k):
+    if image:
+        rows = predict_inputs(run, list(text) if text else None, list(image), top_k)
+    else:
+        if bool(text) == bool(file):
+            raise typer.BadParameter("give either --text (one or more), --image, or --file")
+        rows = predict_inputs(run, list(text) if text else read_texts(file, text_column), None, top_k)
+    for row in rows:
         sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 

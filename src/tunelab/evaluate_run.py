@@ -80,3 +80,27 @@ def predict_texts(run: str | Path, texts: list[str], top_k: int = 3) -> list[dic
     encoded = task.encode(datasets.Dataset.from_dict({"text": texts}), with_labels=False)
     logits = predict_logits(model, encoded, task.collator(), 64, desc="predicting")
     return task.format_predictions(texts, np.asarray(logits), top_k)
+
+
+def predict_inputs(run: str | Path, texts: list[str] | None = None, images: list[str] | None = None,
+                   top_k: int = 3) -> list[dict[str, Any]]:
+    """Label and scores per input for any classifier run: texts, images, or text+image pairs."""
+    if not images:
+        return predict_texts(run, texts or [], top_k)
+    import datasets
+
+    spec = load_run_spec(run)
+    task, model = get_task(spec.task).from_saved(_model_dir(run), spec.data.max_length)
+    missing = [p for p in images if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"image not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    columns: dict[str, list[str]] = {"image": [str(Path(p).resolve()) for p in images]}
+    if getattr(task, "input_kind", "") == "text+image":
+        if not texts or len(texts) != len(images):
+            raise DataError(f"{spec.task} needs one --text per --image ({len(texts or [])} texts, {len(images)} images)")
+        columns["text"] = texts
+    elif texts:
+        raise DataError(f"{spec.task} takes images only; drop --text")
+    encoded = task.encode(datasets.Dataset.from_dict(columns), with_labels=False)
+    logits = predict_logits(model, encoded, task.collator(), 32, desc="predicting")
+    return task.format_predictions(images, np.asarray(logits), top_k)

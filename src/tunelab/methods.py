@@ -81,6 +81,9 @@ def check_supported(method: str) -> None:
 
 
 def apply(model: torch.nn.Module, spec: RunSpec, task: Any) -> torch.nn.Module:
+    """The model to train under spec.model.method; tasks with their own strategies (images) apply them."""
+    if hasattr(task, "apply_method"):
+        return task.apply_method(model, spec)
     if spec.model.method not in METHODS:
         raise KeyError(f"unknown method '{spec.model.method}'; available: {', '.join(METHODS)}")
     return METHODS[spec.model.method](model, spec, task)

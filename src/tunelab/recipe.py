@@ -26,7 +26,7 @@ from tunelab.reports.card import model_card
 from tunelab.reports.html import write_report
 from tunelab.spec import RunSpec, dump_spec
 from tunelab.tasks import get_task
-from tunelab.training import TrainState, evaluate_split, fit
+from tunelab.training import TrainState, evaluate_split, fit, predict_logits
 
 EVAL_SPLITS = ("validation", "test")
 
@@ -107,12 +107,19 @@ def fine_tune(spec: RunSpec, resume: bool = False, force: bool = False, overwrit
     # plan: resolve the base model
     base = catalog.resolve(spec.model.base)
     catalog.check_loadable(base)
+    task_cls = get_task(spec.task)
 
-    # prepare: read, check, split
-    prepared = prepare(spec.data, spec.training.seed, force, tokenizer=AutoTokenizer.from_pretrained(base))
+    # prepare: read, check, split (image tasks read and check images their own way)
+    if hasattr(task_cls, "prepare_data"):
+        prepared = task_cls.prepare_data(spec, force)
+    else:
+        prepared = prepare(spec.data, spec.training.seed, force, tokenizer=AutoTokenizer.from_pretrained(base))
     data_summary = _check_data(prepared, force, run_dir, accelerator)
     splits = prepared.splits
-    task = get_task(spec.task)(prepared.labels, spec.data.multi_label, spec.data.max_length)
+    if hasattr(task_cls, "for_spec"):
+        task = task_cls.for_spec(spec, prepared.labels)
+    else:
+        task = task_cls(prepared.labels, spec.data.multi_label, spec.data.max_length)
     model = task.load_model(base)
     encoded = {name: task.encode(ds) for name, ds in splits.items()}
     truth = {name: task.truth(splits[name]) for name in EVAL_SPLITS}
@@ -140,8 +147,13 @@ def fine_tune(spec: RunSpec, resume: bool = False, force: bool = False, overwrit
     metrics = {"baseline": {n: headline(m) for n, m in baseline.items()},
                "fine_tuned": {n: headline(m) for n, m in fine_tuned.items()}}
     comparison = compare(baseline["test"], fine_tuned["test"], spec.evaluation.metric) if baseline else {}
+    extras: dict[str, Any] = {}
+    if hasattr(task, "report_extras"):  # e.g. misclassified thumbnails, further baselines
+        test_logits = predict_logits(model, encoded["test"], task.collator(), batch, desc="test examples")
+        extras = task.report_extras(model, splits["test"], test_logits)
     _save_model(model, task, run_dir)
     details = {"baseline": baseline, "fine_tuned": fine_tuned, "baseline_method": baseline_method,
+               "extra_baselines": extras.get("extra_baselines", {}),
                "comparison": comparison, "best_epoch": state.best_epoch, "stopped_early": state.stopped_early}
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "evaluation.json", details)
@@ -151,7 +163,7 @@ def fine_tune(spec: RunSpec, resume: bool = False, force: bool = False, overwrit
         "name": run_dir.name, "spec": spec.model_dump(mode="json"), "spec_yaml": dump_spec(spec), "metrics": metrics,
         "details": details, "history": state.history, "step_losses": state.step_losses, "labels": task.labels,
         "metric": spec.evaluation.metric, "baseline_method": baseline_method, "warning": warning,
-        "findings": prepared.findings, "version": __version__})
+        "findings": prepared.findings, "version": __version__, **extras})
     write_text(run_dir / "model_card.md", model_card(spec, prepared, metrics, details, methods.trainable_summary(model),
                                                       data_report.headline(data_summary)))
     write_json(run_dir / "run.json", {"status": "completed", "started": started, "finished": time.time(),
@@ -163,6 +175,9 @@ def fine_tune(spec: RunSpec, resume: bool = False, force: bool = False, overwrit
 
 def _save_model(model: Any, task: Any, run_dir: Path) -> None:
     """model/: plain transformers folder (LoRA merged); adapter/: the peft adapter for LoRA runs."""
+    if hasattr(task, "save_model"):  # image models: their own folder layout (still safetensors only)
+        task.save_model(model, run_dir / "model")
+        return
     if methods.is_peft(model):
         with atomic_dir(run_dir / "adapter") as tmp:
             model.save_pretrained(tmp)

@@ -16,7 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_LR = {"full": 2e-5, "lora": 2e-4, "dora": 2e-4, "qlora": 2e-4}
+IMAGE_LR = {"linear-probe": 1e-3, "lora": 1e-3}  # image models: everything else 3e-4
 GENERATIVE_TASKS = ("chat", "completion")
+IMAGE_TASKS = ("image-classification", "text-image-classification")
+METHODS_BY_KIND = {"text": ("full", "lora"), "generative": ("lora", "dora", "full", "qlora"),
+                   "image": ("full", "linear-probe", "gradual-unfreeze", "discriminative", "lora")}
 LM_BATCHING = ("padding-free", "packing", "padded")
 CLASSIFIER_BATCHING = ("length-mixed", "random")
 GENERATION_METRICS = ("rouge_l", "token_f1", "exact_match")
@@ -44,10 +48,15 @@ class ModelSpec(_Section):
         "all-MiniLM-L6-v2",
         description="Base model: a bundled name (see `tunelab models`), a local Hugging Face folder, or a hub id.",
     )
-    method: Literal["full", "lora", "dora", "qlora"] | None = Field(
+    method: Literal["full", "lora", "dora", "qlora", "linear-probe", "gradual-unfreeze", "discriminative"] | None = Field(
         None,
         description="full: update every weight. lora: low-rank adapters (peft), base frozen. dora: weight-decomposed "
-        "LoRA. qlora: LoRA on a 4-bit base (bitsandbytes, CUDA only). Default: full for classifiers, lora for LLMs.",
+        "LoRA. qlora: LoRA on a 4-bit base (bitsandbytes, CUDA only). Image models also: linear-probe (head only), "
+        "gradual-unfreeze (one more layer group per epoch, from the top), discriminative (lower learning rates for "
+        "lower layers). Default: full for classifiers, lora for LLMs.",
+    )
+    freeze_encoders: bool = Field(
+        False, description="text-image-classification: keep both pre-trained encoders frozen and train the fusion head only."
     )
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings, used when method is lora.")
 
@@ -72,6 +81,14 @@ class DataSpec(_Section):
     validation: str | None = Field(None, description="Validation data; split from train (stratified) when absent.")
     test: str | None = Field(None, description="Test data; split from train (stratified) when absent.")
     text_column: str = Field("text", description="Column holding the text.")
+    image_column: str = Field("image", description="Column holding the image path (image tasks; relative to the table).")
+    image_size: int | None = Field(
+        None, ge=8, description="Image tasks: train and predict at this square size. Default: the model's own (224)."
+    )
+    augment: Literal["default", "no-flip", "none"] = Field(
+        "default", description="Image tasks: training augmentation (random resized crop, flip, colour jitter); "
+        "no-flip for digits, text and other images a mirror changes; none to switch it off."
+    )
     label_column: str = Field("label", description="Column holding the label (a name or an integer id).")
     labels: list[str] | None = Field(
         None, description="Label names in id order. Inferred (sorted) from training data when absent."
@@ -149,8 +166,9 @@ class OutputSpec(_Section):
 
 class RunSpec(_Section):
     name: str | None = Field(None, description="Run name: the run directory is <output.dir>/<name>. Default: spec file stem.")
-    task: Literal["text-classification", "chat", "completion"] = Field(
-        ..., description="What the model learns to do: text-classification, chat (instructions, multi-turn) or completion."
+    task: Literal["text-classification", "chat", "completion", "image-classification", "text-image-classification"] = Field(
+        ..., description="What the model learns to do: text-classification, chat (instructions, multi-turn), completion, "
+        "image-classification, or text-image-classification (a text and an image per example)."
     )
     model: ModelSpec = Field(default_factory=ModelSpec, description="Base model and adaptation method.")
     data: DataSpec = Field(..., description="Where the examples come from and how to read them.")
@@ -162,8 +180,12 @@ class RunSpec(_Section):
     def _task_defaults(self) -> "RunSpec":
         """Fill the defaults that depend on the task, and refuse settings that do not fit it."""
         generative = self.task in GENERATIVE_TASKS
+        kind = "generative" if generative else "image" if self.task in IMAGE_TASKS else "text"
         if self.model.method is None:
             self.model.method = "lora" if generative else "full"
+        if self.model.method not in METHODS_BY_KIND[kind]:
+            raise ValueError(f"model.method '{self.model.method}' does not apply to {self.task}; "
+                             f"use one of {', '.join(METHODS_BY_KIND[kind])}")
         if self.data.max_length is None:
             self.data.max_length = 1024 if generative else 256
         if self.training.batching is None:
@@ -178,8 +200,6 @@ class RunSpec(_Section):
         if self.evaluation.metric not in allowed_metrics:
             raise ValueError(f"evaluation.metric '{self.evaluation.metric}' does not apply to {self.task}; "
                              f"use one of {', '.join(allowed_metrics)}")
-        if not generative and self.model.method in ("dora", "qlora"):
-            raise ValueError(f"model.method '{self.model.method}' is for LLMs; use full or lora for {self.task}")
         return self
 
     @property
@@ -194,7 +214,11 @@ class RunSpec(_Section):
     @property
     def learning_rate(self) -> float:
         """The effective peak learning rate: the spec's, or the method's default."""
-        return self.training.learning_rate or DEFAULT_LR[self.model.method]
+        if self.training.learning_rate:
+            return self.training.learning_rate
+        if self.task in IMAGE_TASKS:
+            return IMAGE_LR.get(self.model.method, 3e-4)
+        return DEFAULT_LR[self.model.method]
 
     def run_dir(self) -> Path:
         return Path(self.output.dir) / (self.name or "run")

@@ -49,9 +49,13 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return _fused_adamw(groups, lr)
+
+
+def _fused_adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
     try:  # the fused kernel (CPU and CUDA since torch 2.4) is what HF Trainer uses by default too
         return torch.optim.AdamW(groups, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
+    except (RuntimeError, TypeError, ValueError):  # e.g. a device without the fused kernel: the plain loop
         return torch.optim.AdamW(groups, lr=lr)
 
 
@@ -116,8 +120,12 @@ def fit(model: torch.nn.Module, task: Any, train: Any, validation: Any, val_trut
     else:
         sampler_cls = LengthMixedBatchSampler if t.batching == "length-mixed" else RandomBatchSampler
         sampler = sampler_cls(train.lengths, train.strata, t.batch_size, t.seed)
-        loader = DataLoader(train, batch_sampler=sampler, collate_fn=task.collator())
-    optimizer = _optimizer(model, spec.learning_rate, t.weight_decay)
+        collate = task.train_collator() if hasattr(task, "train_collator") else task.collator()  # e.g. augmentation
+        loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate)
+    if hasattr(task, "param_groups"):  # e.g. discriminative learning rates by layer group
+        optimizer = _fused_adamw(task.param_groups(model, spec.learning_rate, t.weight_decay), spec.learning_rate)
+    else:
+        optimizer = _optimizer(model, spec.learning_rate, t.weight_decay)
     state = TrainState()
     checkpoint = checkpoint_path(run_dir) if resume else None
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -132,13 +140,16 @@ def fit(model: torch.nn.Module, task: Any, train: Any, validation: Any, val_trut
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             extra = (optimizer, scheduler) if pointer == "LATEST" else (None, None)
-            save_checkpoint(run_dir, tag, accelerator.unwrap_model(model), asdict(state), *extra, pointer=pointer)
+            save_checkpoint(run_dir, tag, accelerator.unwrap_model(model), asdict(state), *extra, pointer=pointer,
+                            everything=getattr(task, "checkpoint_everything", False))
 
     model.train()
     for epoch in range(state.epoch, t.epochs):
         if state.stopped_early:
             break
         sampler.set_epoch(epoch)
+        if hasattr(task, "on_epoch_start"):  # e.g. gradual unfreezing, augmentation seeds
+            task.on_epoch_start(accelerator.unwrap_model(model), epoch)
         epoch_loader = skip_first_batches(loader, state.step_in_epoch) if state.step_in_epoch else loader
         losses: list[float] = []
         train_true: list = []

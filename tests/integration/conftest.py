@@ -36,6 +36,32 @@ def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"model": make_tiny_llama(root / "tiny-llama", template="chatml"), "chat": chat, "text": text}
 
 
+def make_colour_images(root: Path, n_per_class: int, seed: int) -> dict[str, list[Path]]:
+    """Folder-per-class PNGs: noisy red, green and blue squares (separable by a tiny CNN in a few epochs)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[Path]] = {}
+    for channel, name in enumerate(["red", "green", "blue"]):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            pixels = rng.integers(0, 90, size=(16, 16, 3))
+            pixels[..., channel] += 140
+            path = root / name / f"{i:03d}.png"
+            Image.fromarray(pixels.clip(0, 255).astype("uint8")).save(path)
+            out.setdefault(name, []).append(path)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("images")
+    make_colour_images(root / "train", 30, seed=0)
+    fresh = make_colour_images(root / "fresh", 2, seed=1)
+    return {"folder": root / "train", "fresh": fresh}
+
+
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("assets")

@@ -29,7 +29,7 @@ def _classifier_check(inputs: list[str], expected: Callable) -> Callable:
     return check
 
 
-def text_classification_case(assets: dict, llm: dict, tmp_path: Path) -> tuple[dict[str, Any], Callable]:
+def text_classification_case(assets: dict, llm: dict, images: dict, tmp_path: Path) -> tuple[dict[str, Any], Callable]:
     spec = {"name": "tc", "task": "text-classification", "model": {"base": str(assets["model"])},
             "data": {"train": str(assets["data"]), "max_length": 32},
             "training": {"epochs": 6, "batch_size": 8, "learning_rate": 5e-3}, "output": {"dir": str(tmp_path)}}
@@ -37,7 +37,7 @@ def text_classification_case(assets: dict, llm: dict, tmp_path: Path) -> tuple[d
     return spec, _classifier_check(inputs, lambda preds: [p["label"] for p in preds] == ["sports", "tech"])
 
 
-def multi_label_case(assets: dict, llm: dict, tmp_path: Path) -> tuple[dict[str, Any], Callable]:
+def multi_label_case(assets: dict, llm: dict, images: dict, tmp_path: Path) -> tuple[dict[str, Any], Callable]:
     rows = [json.loads(line) for line in []]
     import csv
 
@@ -70,7 +70,7 @@ def _generative_check(prompt: str, expected_word: str) -> Callable:
     return check
 
 
-def chat_case(assets: dict, llm: dict, tmp_path: Path) -> tuple[dict[str, Any], Callable]:
+def chat_case(assets: dict, llm: dict, images: dict, tmp_path: Path) -> tuple[dict[str, Any], Callable]:
     spec = {"name": "chat", "task": "chat", "model": {"base": str(llm["model"])},
             "data": {"train": str(llm["chat"]), "max_length": 64},
             "training": {"epochs": 4, "batch_size": 8, "learning_rate": 1e-2},
@@ -78,7 +78,7 @@ def chat_case(assets: dict, llm: dict, tmp_path: Path) -> tuple[dict[str, Any], 
     return spec, _generative_check("what is the city number 3?", "city")
 
 
-def completion_case(assets: dict, llm: dict, tmp_path: Path) -> tuple[dict[str, Any], Callable]:
+def completion_case(assets: dict, llm: dict, images: dict, tmp_path: Path) -> tuple[dict[str, Any], Callable]:
     spec = {"name": "completion", "task": "completion", "model": {"base": str(llm["model"]), "method": "full"},
             "data": {"train": str(llm["text"]), "max_length": 64},
             "training": {"epochs": 10, "batch_size": 4, "learning_rate": 5e-3, "batching": "packing",
@@ -99,9 +99,33 @@ def completion_case(assets: dict, llm: dict, tmp_path: Path) -> tuple[dict[str, 
     return spec, check
 
 
+def image_case(assets: dict, llm: dict, images: dict, tmp_path: Path) -> tuple[dict[str, Any], Callable]:
+    spec = {"name": "img", "task": "image-classification", "model": {"base": "tiny-cnn"},
+            "data": {"train": str(images["folder"]), "image_size": 16},
+            "training": {"epochs": 8, "batch_size": 8, "learning_rate": 1e-2, "early_stopping_patience": None},
+            "output": {"dir": str(tmp_path)}}
+
+    def check(run: Any) -> None:
+        from tunelab.evaluate_run import predict_inputs
+        from tunelab.vision.models import load_image_model
+
+        model_dir = run.dir / "model"
+        assert (model_dir / "model.safetensors").is_file() and (model_dir / "preprocessor_config.json").is_file()
+        assert not list(model_dir.glob("*.bin")) and not list(model_dir.glob("*.pt"))
+        ft = run.metrics["fine_tuned"]["test"]
+        assert ft["accuracy"] >= 0.85, ft
+        assert load_image_model(model_dir).num_labels == 3
+        paths = [str(p) for name in ("red", "green", "blue") for p in images["fresh"][name]]
+        predictions = predict_inputs(run.dir, images=paths)
+        assert [p["label"] for p in predictions] == ["red", "red", "green", "green", "blue", "blue"], predictions
+        assert predictions[0]["image"] == paths[0] and 0 < predictions[0]["score"] <= 1
+
+    return spec, check
+
+
 CITIES = ("paris", "rome", "berlin", "madrid", "lisbon", "vienna", "oslo", "dublin")
 CASES = {"text-classification": text_classification_case, "text-classification (multi-label)": multi_label_case,
-         "chat": chat_case, "completion": completion_case}
+         "chat": chat_case, "completion": completion_case, "image-classification": image_case}
 
 
 def test_every_registered_task_has_a_case() -> None:
@@ -109,7 +133,8 @@ def test_every_registered_task_has_a_case() -> None:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_train_save_load_predict(case: str, tiny_assets: dict, tiny_llm: dict, tmp_path: Path) -> None:
-    raw, check = CASES[case](tiny_assets, tiny_llm, tmp_path)
+def test_train_save_load_predict(case: str, tiny_assets: dict, tiny_llm: dict, tiny_images: dict,
+                                 tmp_path: Path) -> None:
+    raw, check = CASES[case](tiny_assets, tiny_llm, tiny_images, tmp_path)
     run = fine_tune(parse_spec(raw))
     check(run)

@@ -111,7 +111,8 @@ def test_generative_tasks_get_llm_defaults() -> None:
     ({"task": "chat", "training": {"batching": "length-mixed"}}, "does not apply to chat; use one of padding-free"),
     ({"task": "chat", "evaluation": {"metric": "macro_f1"}}, "use one of loss, rouge_l"),
     ({"task": "text-classification", "training": {"batching": "packing"}}, "use one of length-mixed, random"),
-    ({"task": "text-classification", "model": {"method": "qlora"}}, "is for LLMs"),
+    ({"task": "text-classification", "model": {"method": "qlora"}}, "use one of full, lora"),
+    ({"task": "chat", "model": {"method": "linear-probe"}}, "use one of lora, dora, full, qlora"),
     ({"task": "chat", "data": {"train_on": "assistant"}}, "data.train_on"),
 ])
 def test_settings_that_do_not_fit_the_task_are_refused(bad: dict, expected: str) -> None:

@@ -24,9 +24,9 @@ from tunelab.tasks import register_task
 class EncodedSplit(torch.utils.data.Dataset):
     """Tokenised examples plus what the sampler needs: lengths and label strata."""
 
-    def __init__(self, features: list[dict[str, Any]], strata: list[str]) -> None:
+    def __init__(self, features: list[dict[str, Any]], strata: list[str], lengths: list[int] | None = None) -> None:
         self.features = features
-        self.lengths = [len(f["input_ids"]) for f in features]
+        self.lengths = lengths if lengths is not None else [len(f["input_ids"]) for f in features]
         self.strata = strata
 
     def __len__(self) -> int:
