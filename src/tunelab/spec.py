@@ -55,6 +55,9 @@ class ModelSpec(_Section):
         "gradual-unfreeze (one more layer group per epoch, from the top), discriminative (lower learning rates for "
         "lower layers). Default: full for classifiers, lora for LLMs.",
     )
+    image_base: str = Field(
+        "efficientnet-lite0", description="text-image-classification: the image backbone (model.base is the text encoder)."
+    )
     freeze_encoders: bool = Field(
         False, description="text-image-classification: keep both pre-trained encoders frozen and train the fusion head only."
     )

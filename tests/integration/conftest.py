@@ -57,9 +57,22 @@ def make_colour_images(root: Path, n_per_class: int, seed: int) -> dict[str, lis
 @pytest.fixture(scope="session")
 def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("images")
-    make_colour_images(root / "train", 30, seed=0)
+    train = make_colour_images(root / "train", 30, seed=0)
     fresh = make_colour_images(root / "fresh", 2, seed=1)
-    return {"folder": root / "train", "fresh": fresh}
+    # text + image pairs: the label (sports / tech) is in the words; the colour is noise the model must ignore
+    import csv
+
+    sports, tech = ["goal match team score coach", "league cup player win"], ["laptop software chip code", "server cloud data app"]
+    table = root / "pairs.csv"
+    with table.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "image", "label"])
+        paths = [p for ps in train.values() for p in ps]
+        for i, path in enumerate(paths):
+            label = "sports" if i % 2 else "tech"
+            words = (sports if label == "sports" else tech)[(i // 2) % 2]
+            writer.writerow([f"{words} {i}", str(path.relative_to(root)), label])
+    return {"folder": root / "train", "fresh": fresh, "pairs": table}
 
 
 @pytest.fixture(scope="session")

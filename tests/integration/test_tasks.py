@@ -123,9 +123,32 @@ def image_case(assets: dict, llm: dict, images: dict, tmp_path: Path) -> tuple[d
     return spec, check
 
 
+def text_image_case(assets: dict, llm: dict, images: dict, tmp_path: Path) -> tuple[dict[str, Any], Callable]:
+    spec = {"name": "ti", "task": "text-image-classification",
+            "model": {"base": str(assets["model"]), "image_base": "tiny-cnn"},
+            "data": {"train": str(images["pairs"]), "image_size": 16, "max_length": 16},
+            "training": {"epochs": 6, "batch_size": 8, "learning_rate": 5e-3, "early_stopping_patience": None},
+            "output": {"dir": str(tmp_path)}}
+
+    def check(run: Any) -> None:
+        from tunelab.evaluate_run import predict_inputs
+
+        ft = run.metrics["fine_tuned"]["test"]
+        assert ft["accuracy"] >= 0.8, ft
+        report = (run.dir / "report.html").read_text()
+        assert 'id="modalities"' in report and "text only" in report and "image only" in report
+        red = str(images["fresh"]["red"][0])
+        rows = predict_inputs(run.dir, texts=["goal match team score coach 7", "laptop software chip code 8"],
+                              images=[red, red])
+        assert [r["label"] for r in rows] == ["sports", "tech"], rows
+
+    return spec, check
+
+
 CITIES = ("paris", "rome", "berlin", "madrid", "lisbon", "vienna", "oslo", "dublin")
 CASES = {"text-classification": text_classification_case, "text-classification (multi-label)": multi_label_case,
-         "chat": chat_case, "completion": completion_case, "image-classification": image_case}
+         "chat": chat_case, "completion": completion_case, "image-classification": image_case,
+         "text-image-classification": text_image_case}
 
 
 def test_every_registered_task_has_a_case() -> None:

@@ -29,4 +29,5 @@ def get_task(name: str) -> Any:
     return TASKS[name]
 
 
-from tunelab.tasks import causal_lm, image_classification, text_classification  # noqa: E402,F401  (register themselves)
+from tunelab.tasks import (  # noqa: E402,F401  (register themselves)
+    causal_lm, image_classification, text_classification, text_image_classification)
