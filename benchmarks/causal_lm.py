@@ -36,13 +36,18 @@ MFU (GPU): training FLOPs per real token D + 6*L*h*n, D = L*h^2*(12 + 12*kv/H + 
 token-weighted mean example length, times 2/3 for LoRA, over a matmul rate measured in the same run (bf16
 8192^3 on GPU; fp32 1024^3 on the CPU, where the figure means little), as in
 ../shared/bench/hf_trainer_llm_gpu.py.
-Loss agreement: per-step training losses (token-mean over trained tokens) of each arm against hf_plain.
+Loss agreement: per-step training losses (token-mean over trained tokens) of each arm against hf_plain,
+within 1e-3 in fp32 (0.02 in bf16). A leak control reports how far the first batch's loss moves when the
+examples of a row attend to each other, to show the tolerance would catch a masking bug.
 
 Commands:
-  CPU (recorded):  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/causal_lm.py
-  GPU, 1B shape:   HF_HUB_OFFLINE=1 python benchmarks/causal_lm.py --device cuda --shape 1b --json-out $OUT/causal_lm_cuda_1b.json
-  GPU, 8B shape:   HF_HUB_OFFLINE=1 python benchmarks/causal_lm.py --device cuda --shape 8b --json-out $OUT/causal_lm_cuda_8b.json
-  smoke test of a GPU plan on any machine (tiny dims, short lengths, few steps): add --smoke
+  CPU (recorded; 1 thread because other jobs share the cores, see docs/benchmarks.md):
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/causal_lm.py --threads 1 --repeats 2
+  GPU, 1B shape (the reference measured 111.7 GiB for its padded arm: use an H200-class card):
+    HF_HUB_OFFLINE=1 python benchmarks/causal_lm.py --device cuda --shape 1b --json-out $OUT/causal_lm_cuda_1b.json
+  GPU, 8B shape:
+    HF_HUB_OFFLINE=1 python benchmarks/causal_lm.py --device cuda --shape 8b --json-out $OUT/causal_lm_cuda_8b.json
+  smoke test of a plan on any machine (tiny dims, short lengths, 3 steps; timings meaningless): add --smoke
 """
 
 from __future__ import annotations
@@ -497,18 +502,22 @@ def gib(b: int | None) -> str:
 
 
 def table(summary: list[dict[str, Any]], device: str) -> str:
-    mem = "peak GiB" if device == "cuda" else "peak RSS +GiB"
-    lines = [f"| arm | steps | real tokens | seconds | real tok/s | vs hf_plain | median per-step speed-up | {mem} | "
-             "MFU | final loss | max abs loss diff vs hf_plain |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """Markdown table; MFU only on a GPU (on the CPU the matmul rate it divides by is not a meaningful peak)."""
+    gpu = device == "cuda"
+    mem = "peak GiB" if gpu else "peak RSS +GiB"
+    head = ["arm", "steps", "real tokens", "seconds", "real tok/s", "vs hf_plain", "median per-step speed-up", mem,
+            *(["MFU"] if gpu else []), "final loss", "max abs loss diff vs hf_plain"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
         ratio = f"{s['ratio_vs_hf_plain']:.2f}x" if s.get("ratio_vs_hf_plain") else "–"
         step = f"{s['median_step_speedup_vs_hf_plain']:.2f}x" if s.get("median_step_speedup_vs_hf_plain") else "–"
         diff = s.get("max_abs_loss_diff_vs_hf_plain")
         diff = "–" if diff is None else (f"{diff:.1e}" if isinstance(diff, float) else diff)
         reps = f" (x{s['repeats']})" if s["repeats"] > 1 else ""
-        lines.append(f"| {s['arm']} | {s['measured_steps']}{reps} | {s['real_tokens']:,} | {s['seconds']:.1f} | "
-                     f"{s['real_tokens_per_s']:,.0f} | {ratio} | {step} | {gib(s['peak_bytes'])} | {s['mfu']:.3f} | "
-                     f"{s['final_loss']:.4f} | {diff} |")
+        cells = [s["arm"], f"{s['measured_steps']}{reps}", f"{s['real_tokens']:,}", f"{s['seconds']:.1f}",
+                 f"{s['real_tokens_per_s']:,.0f}", ratio, step, gib(s["peak_bytes"]),
+                 *([f"{s['mfu']:.3f}"] if gpu else []), f"{s['final_loss']:.4f}", diff]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -518,7 +527,8 @@ def main() -> int:
     p.add_argument("--shape", choices=["tiny", "1b", "8b"], default=None,
                    help="model shape and data plan (default: tiny on cpu, 1b on cuda)")
     p.add_argument("--smoke", action="store_true",
-                   help="tiny model dims, short lengths, few steps, on CUDA if present else the CPU: checks a plan runs")
+                   help="tiny model dims, short lengths, few steps, on CUDA if present else the CPU: "
+                        "checks that a plan runs")
     p.add_argument("--arms", default=None, help=f"comma list from {','.join(ALL_ARMS)} (default depends on --shape)")
     p.add_argument("--steps", type=int, default=None, help="measured steps per arm")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before them (>= 1)")
@@ -672,8 +682,8 @@ def main() -> int:
                 span = r["times"][-1] - r["times"][plan["warmup"] - 1]
                 real = sum(s["real"] for s in r["per_step"][plan["warmup"]:])
                 print(f"{arm} (round {round_ + 1}): {real / span:,.0f} real tok/s over {plan['steps']} steps "
-                      f"({span:.1f} s; arm wall {time.perf_counter() - started:.1f} s), peak {gib(r['peak_bytes'])} GiB, "
-                      f"final loss {r['per_step'][-1]['loss']:.4f}", flush=True)
+                      f"({span:.1f} s; arm wall {time.perf_counter() - started:.1f} s), "
+                      f"peak {gib(r['peak_bytes'])} GiB, final loss {r['per_step'][-1]['loss']:.4f}", flush=True)
 
     results = {arm: summarise(arm, rs, plan["warmup"], total, fpt, peak_flops) for arm, rs in runs.items()}
     # ratios, same batches and weights, loss agreement

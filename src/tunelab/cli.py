@@ -309,8 +309,10 @@ def models() -> None:
 
     out.print("Bundled models:\n" + bundled_summary())
     from tunelab.data.conversations import describe_bundled_chat
+    from tunelab.data.images import describe_bundled_images
 
-    out.print("Bundled data sets:\n" + describe_bundled() + "\n" + describe_bundled_chat())
+    out.print("Bundled data sets:\n" + describe_bundled() + "\n" + describe_bundled_chat() + "\n"
+              + describe_bundled_images())
 
 
 def main() -> None:

@@ -43,10 +43,14 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     groups = query.shape[1] // key.shape[1]
     if groups > 1:  # grouped-query attention: repeat the key/value heads
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    edges = bounds.tolist()
-    parts = [torch.nn.functional.scaled_dot_product_attention(
-        query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout if module.training else 0.0,
-        scale=scaling, is_causal=True) for s, e in zip(edges[:-1], edges[1:]) if e > s]
+    sizes = getattr(bounds, "_tunelab_sizes", None)
+    if sizes is None:  # once per batch, not once per layer: on a GPU .tolist() waits for the device
+        sizes = (bounds[1:] - bounds[:-1]).tolist()
+        bounds._tunelab_sizes = sizes
+    p = dropout if module.training else 0.0
+    # split (not slicing) so the backward pass writes each example's gradient without a full-row fill per example
+    parts = [torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scaling, is_causal=True)
+             for q, k, v in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2)) if q.shape[2]]
     out = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
     return out.transpose(1, 2).contiguous(), None
 

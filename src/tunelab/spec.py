@@ -306,11 +306,16 @@ def _commented(model: type[BaseModel], indent: int, overrides: dict[str, Any]) -
 
 def template(task: str) -> str:
     """A commented spec for TASK, generated from the schema so it never falls out of date."""
-    tasks = ("text-classification", *GENERATIVE_TASKS)
+    tasks = ("text-classification", *GENERATIVE_TASKS, *IMAGE_TASKS)
     if task not in tasks:
         raise SpecError(f"unknown task '{task}'; available: {', '.join(tasks)}")
     if task == "text-classification":
         overrides = {"task": task, "name": "my-run", "data": {"train": "bbc-news"}}
+    elif task == "image-classification":
+        overrides = {"task": task, "name": "my-run", "data": {"train": "mnist-5k"},
+                     "model": {"base": "efficientnet-lite0"}}
+    elif task == "text-image-classification":
+        overrides = {"task": task, "name": "my-run", "data": {"train": "pairs.csv"}}
     else:
         train = "construction-faq" if task == "chat" else "my-texts.txt"
         overrides = {"task": task, "name": "my-run", "data": {"train": train},

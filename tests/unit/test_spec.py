@@ -132,3 +132,18 @@ def test_generative_dump_roundtrip_keeps_filled_defaults() -> None:
     spec = parse_spec({"task": "completion", "data": {"train": "notes.txt"}})
     again = parse_spec(yaml.safe_load(dump_spec(spec)))
     assert again.model_dump() == {**spec.model_dump(), "training": {**spec.model_dump()["training"], "learning_rate": 2e-4}}
+
+
+@pytest.mark.parametrize("task, base", [("image-classification", "efficientnet-lite0"),
+                                        ("text-image-classification", "all-MiniLM-L6-v2")])
+def test_init_templates_for_image_tasks_validate(task: str, base: str) -> None:
+    spec = parse_spec(yaml.safe_load(template(task)))
+    assert spec.task == task and spec.model.base == base and spec.model.method == "full"
+    assert spec.learning_rate == 3e-4 and spec.model.image_base == "efficientnet-lite0"
+
+
+def test_image_strategies_are_methods_of_image_tasks_only() -> None:
+    spec = parse_spec({"task": "image-classification", "model": {"method": "linear-probe"}, "data": {"train": "digits"}})
+    assert spec.learning_rate == 1e-3
+    with pytest.raises(SpecError, match="does not apply to text-classification"):
+        parse_spec({"task": "text-classification", "model": {"method": "gradual-unfreeze"}, "data": {"train": "x.csv"}})

@@ -63,6 +63,7 @@ class ImageClassification(TextClassification):
         proc.std = tuple(model.config.get("image_std", proc.std))
         self.processing = proc
         model.config["image_size"] = size
+        model.freeze_batchnorm_stats = base != "tiny-cnn"  # pre-trained: keep its BatchNorm statistics
         return model
 
     def apply_method(self, model: torch.nn.Module, spec: Any) -> torch.nn.Module:

@@ -126,10 +126,21 @@ class ImageClassifier(nn.Module):
         return int(self.config["num_labels"])
 
     # -- frozen parts stay in inference mode -------------------------------------------------------------
+    # Fine-tuning a pre-trained CNN on a few hundred images: BatchNorm in training mode normalises with each
+    # small batch's statistics while its running statistics (momentum 0.01 in EfficientNet) barely move, so
+    # the model learns under one normalisation and is evaluated under another (chance accuracy on MNIST).
+    # Keeping the pre-trained statistics fixed ("frozen BN", as detectron2 does) makes both the same; the
+    # BatchNorm scale and shift still train. Random-init models keep ordinary BatchNorm.
+    freeze_batchnorm_stats: bool = False
+
     def train(self, mode: bool = True) -> ImageClassifier:
         super().train(mode)
         if mode:
             _eval_frozen(self)
+            if self.freeze_batchnorm_stats:
+                for m in self.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
         return self
 
 
