@@ -427,6 +427,8 @@ def profile_pipelines(rows: list[tuple[str, str]], labels: list[str], size: int,
         tl["to float + normalise"] += (t3 - t2) + (t5 - t4)
     # the whole collator as fit() calls it, for a check that the stages add up
     coll = PixelCollator(proc, train=True, augment=TrainAugment(proc, seed=seed, flip=flip))
+    if batches:  # its kornia ops are built on the first call
+        coll([{"image": p, "labels": label2id[lab]} for p, lab in batches[0]])
     t0 = time.perf_counter()
     for b in batches:
         coll([{"image": p, "labels": label2id[lab]} for p, lab in b])

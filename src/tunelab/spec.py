@@ -163,6 +163,19 @@ class EvaluationSpec(_Section):
     generation: GenerationSpec = Field(default_factory=GenerationSpec, description="Generation on held-out prompts (LLMs).")
 
 
+class MonitorSpec(_Section):
+    min_requests: int = Field(30, ge=1, description="Fewer logged requests than this: report, but raise no drift alert.")
+    length_shift: float = Field(0.3, gt=0.0, description="Alert when the mean input length moves by more than this share.")
+    oov_increase: float = Field(0.05, ge=0.0, description="Alert when the out-of-vocabulary rate rises by more than this.")
+    embedding_p_value: float = Field(0.01, gt=0.0, lt=1.0, description="Alert when the embedding two-sample test's "
+                                     "p-value falls below this.")
+    label_shift: float = Field(0.15, gt=0.0, description="Alert when predicted labels' total variation distance from "
+                               "the validation labels exceeds this.")
+    confidence_drop: float = Field(0.1, gt=0.0, description="Alert when mean top score falls by more than this.")
+    error_rate: float = Field(0.05, ge=0.0, description="Alert when the share of failed requests exceeds this.")
+    latency_p99_ms: float = Field(2000.0, gt=0.0, description="Alert when the 99th-percentile latency exceeds this.")
+
+
 class OutputSpec(_Section):
     dir: str = Field("runs", description="Folder that holds run directories.")
 
@@ -178,6 +191,7 @@ class RunSpec(_Section):
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="How models are scored.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where results go.")
+    monitor: MonitorSpec = Field(default_factory=MonitorSpec, description="Thresholds of `tunelab monitor` alerts.")
 
     @model_validator(mode="after")
     def _task_defaults(self) -> "RunSpec":
