@@ -5,9 +5,13 @@ batch size, image size, learning rate (10% warmup, linear decay, weight decay 0.
 fused AdamW) and seed:
   hf       transformers.Trainer on the model, fed the way a user usually writes it: a torch Dataset that
            opens each image with PIL in __getitem__ and transforms it there (random resized crop with the
-           same scale/ratio as tunelab, horizontal flip unless --augment no-flip, scale to [0, 1], ImageNet
-           normalisation, all PIL + numpy), the default collator, dataloader_num_workers=0 (--hf-workers
-           changes it), report_to=[], save_strategy="no", max_steps. Test: deterministic resize + centre crop.
+           scale/ratio tunelab's task uses, read from it at start-up; horizontal flip unless --augment
+           no-flip; scale to [0, 1]; ImageNet normalisation; all PIL + numpy; no colour jitter, as in the
+           usual tutorial), the default collator, dataloader_num_workers=0 (--hf-workers changes it),
+           report_to=[], save_strategy="no", max_steps. Test: deterministic resize + centre crop.
+           BatchNorm: tunelab keeps a pre-trained CNN's BatchNorm statistics fixed while fine-tuning
+           (`freeze_batchnorm_stats`); the HF arm's EfficientNet does the same by default, so both arms
+           train the same computation (--hf-batchnorm train gives it ordinary BatchNorm instead).
   tunelab  tunelab.recipe.fine_tune with the same settings (1 epoch over exactly the same training rows, so
            the same number of steps; baseline off). Its PixelCollator decodes, crops (Pillow), then flips and
            colour-jitters the stacked batch with kornia, in the main process (the training DataLoader has no
@@ -66,7 +70,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SCALE, RATIO = (0.35, 1.0), (3 / 4, 4 / 3)  # tunelab's TrainAugment defaults; the HF arm uses the same
+SCALE, RATIO = [0.35, 1.0], [3 / 4, 4 / 3]  # replaced at start-up by what tunelab's task actually uses
 CROP_RATIO = 224 / 256
 SHAPES = {  # image size, batch, steps, default arms
     "efficientnet-lite0": (64, 32, 40, "hf,tunelab"),
@@ -76,6 +80,7 @@ SHAPES = {  # image size, batch, steps, default arms
 
 
 # ---------------------------------------------------------------- step timing (both arms)
+
 
 
 class StepClock:
@@ -164,6 +169,29 @@ def synthetic_splits(folder: Path, n_train: int, n_val: int, n_test: int, size: 
 # ---------------------------------------------------------------- the HF user's pipeline (PIL + numpy)
 
 
+def tunelab_train_collator(labels: list[str], size: int, augment: str, seed: int) -> Any:
+    """The training collator tunelab's image task builds for these settings (its crop scale is the HF arm's)."""
+    from tunelab.tasks.image_classification import ImageClassification
+    from tunelab.vision.transforms import ImageProcessing
+
+    task = ImageClassification(labels, image_size=size, augment=augment, seed=seed)
+    task.processing = ImageProcessing.for_crop(size)
+    return task.train_collator()
+
+
+def tunelab_batchnorm(base: str, labels: list[str], size: int) -> str:
+    """How tunelab's image task runs BatchNorm in training for BASE (it decides when it loads the model)."""
+    import torch
+
+    from tunelab.tasks.image_classification import ImageClassification
+
+    model = ImageClassification(labels, image_size=size).load_model(base).train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return "none"
+    return "batch statistics" if any(m.training for m in bns) else "pre-trained statistics, fixed"
+
+
 def random_resized_box(w: int, h: int, rng: random.Random) -> tuple[int, int, int, int]:
     """Inception-style random crop box (the recipe torchvision's RandomResizedCrop uses)."""
     area = w * h
@@ -240,8 +268,13 @@ class AttrConfig(dict):
         self[name] = value
 
 
-def make_model(shape: str, labels: list[str], size: int, seed: int, folder: Path | None) -> Any:
-    """The HF arm's model: tunelab's EfficientNet-Lite0 ImageClassifier, or the saved HF ResNet."""
+def make_model(shape: str, labels: list[str], size: int, seed: int, folder: Path | None,
+               batchnorm: str = "fixed") -> Any:
+    """The HF arm's model: tunelab's EfficientNet-Lite0 ImageClassifier, or the saved HF ResNet.
+
+    batchnorm="fixed": the EfficientNet keeps its pre-trained BatchNorm statistics fixed in training (tunelab's
+    `freeze_batchnorm_stats`, which its image task sets for pre-trained bases), "train": ordinary BatchNorm
+    (batch statistics in training). The HF ResNet always has ordinary BatchNorm (it is not an ImageClassifier)."""
     import torch
 
     torch.manual_seed(seed)
@@ -252,6 +285,8 @@ def make_model(shape: str, labels: list[str], size: int, seed: int, folder: Path
         # tunelab's ImageClassifier keeps its config as a plain dict; transformers' Trainer 5.x writes
         # `model.config.use_cache` in __init__, so the HF arm gives it attribute access (nothing else changes).
         model.config = AttrConfig(model.config)
+        if batchnorm == "fixed" and hasattr(type(model), "freeze_batchnorm_stats"):
+            model.freeze_batchnorm_stats = True
         return model
     from transformers import ResNetForImageClassification
 
@@ -307,7 +342,8 @@ def run_hf(a: argparse.Namespace, arm: str, splits: dict[str, list], labels: lis
     train = PILDataset(splits["train"], label2id, a.image_size, train=a.augment != "none", flip=flip)
     test = PILDataset(splits["test"], label2id, a.image_size, train=False, flip=False)
     train.rng.seed(a.seed)
-    model = make_model(a.shape, labels, a.image_size, a.seed, folder)
+    model = make_model(a.shape, labels, a.image_size, a.seed, folder, a.hf_batchnorm_mode)
+    frozen_bn = bool(getattr(model, "freeze_batchnorm_stats", False))
     trainer = Trainer(model=model, args=hf_args(a, tmp, arm, steps, bf16), train_dataset=train,
                       data_collator=default_data_collator)
     clock.start({a.skip or 1, steps}, a.device == "cuda")
@@ -315,6 +351,7 @@ def run_hf(a: argparse.Namespace, arm: str, splits: dict[str, list], labels: lis
     trainer.train()
     train_s = time.perf_counter() - t
     out: dict[str, Any] = {"train_s": train_s, "steps": trainer.state.global_step,
+                           "batchnorm": "pre-trained statistics, fixed" if frozen_bn else "batch statistics",
                            **clock.steady(a.batch, a.skip)}
     t = time.perf_counter()
     logits = trainer.predict(test).predictions
@@ -364,7 +401,8 @@ def run_tunelab(a: argparse.Namespace, arm: str, csvs: dict[str, str], labels: l
     history = run.state.history
     test = run.metrics["fine_tuned"]["test"]
     out = {"train_s": sum(h["train_seconds"] for h in history), "val_s": sum(h["val_seconds"] for h in history),
-           "call_s": call_s, "steps": run.state.global_step, **clock.steady(a.batch, a.skip),
+           "call_s": call_s, "steps": run.state.global_step, "batchnorm": a.tunelab_batchnorm,
+           **clock.steady(a.batch, a.skip),
            "accuracy": test["accuracy"], "macro_f1": test["macro_f1"]}
     del run
     gc.collect()
@@ -403,7 +441,7 @@ def profile_pipelines(rows: list[tuple[str, str]], labels: list[str], size: int,
         default_data_collator(items)
         hf["collate"] += time.perf_counter() - t0
     proc = ImageProcessing.for_crop(size)
-    aug = TrainAugment(proc, seed=seed, flip=flip)
+    aug = TrainAugment(proc, seed=seed, flip=flip, scale=tuple(SCALE), ratio=tuple(RATIO))
     if batches:  # warm-up outside the timings: kornia's import and first call
         warm = aug.crop([load_image(p, _mode(proc)) for p, _ in batches[0]], random.Random(0)).float().div_(255.0)
         aug.batch_ops(warm, 0)
@@ -426,7 +464,8 @@ def profile_pipelines(rows: list[tuple[str, str]], labels: list[str], size: int,
         tl["flip + jitter (kornia, batch)"] += t4 - t3
         tl["to float + normalise"] += (t3 - t2) + (t5 - t4)
     # the whole collator as fit() calls it, for a check that the stages add up
-    coll = PixelCollator(proc, train=True, augment=TrainAugment(proc, seed=seed, flip=flip))
+    coll = PixelCollator(proc, train=True, augment=TrainAugment(proc, seed=seed, flip=flip, scale=tuple(SCALE),
+                                                                ratio=tuple(RATIO)))
     if batches:  # its kornia ops are built on the first call
         coll([{"image": p, "labels": label2id[lab]} for p, lab in batches[0]])
     t0 = time.perf_counter()
@@ -509,6 +548,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", type=int, default=2, help="steps left out of the steady-state window")
     p.add_argument("--hf-workers", type=int, default=0, help="HF dataloader_num_workers (default 0)")
+    p.add_argument("--hf-batchnorm", choices=("as-tunelab", "train"), default="as-tunelab",
+                   help="EfficientNet HF arm: BatchNorm as tunelab runs it for this base (default), or ordinary")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--profile-only", action="store_true", help="only the input-pipeline profile")
@@ -561,6 +602,18 @@ def main() -> int:
             n_val, n_test = a.val or 2 * a.batch, a.test or 2 * a.batch
             splits, labels = synthetic_splits(tmp / "images", n_train, n_val, n_test, (400, 300))
             folder = save_resnet(a.shape, labels, tmp / "resnet") if not a.profile_only else None
+        coll = tunelab_train_collator(labels, a.image_size, a.augment, a.seed)
+        if getattr(coll, "augment", None) is not None:
+            SCALE[:], RATIO[:] = list(coll.augment.scale), list(coll.augment.ratio)
+        a.augment_params = {"scale": list(SCALE), "ratio": list(RATIO),
+                            "jitter (tunelab only)": getattr(getattr(coll, "augment", None), "jitter", None)}
+        print("augmentation:", json.dumps(a.augment_params), flush=True)
+        if not a.profile_only:
+            base = "efficientnet-lite0" if a.shape == "efficientnet-lite0" else str(folder)
+            a.tunelab_batchnorm = tunelab_batchnorm(base, labels, a.image_size)
+            a.hf_batchnorm_mode = ("fixed" if a.hf_batchnorm == "as-tunelab" and a.tunelab_batchnorm.endswith("fixed")
+                                   else "train")
+            print(f"BatchNorm in training: tunelab {a.tunelab_batchnorm}; HF arm {a.hf_batchnorm_mode}", flush=True)
         n = {k: len(v) for k, v in splits.items()}
         csvs = {k: write_csv(v, tmp / f"{k}.csv") for k, v in splits.items()}
         if a.profile or a.profile_only:

@@ -34,7 +34,12 @@ def evaluate_run(run: str | Path, data: str | None = None, baseline: bool = True
     """
     spec = load_run_spec(run)
     task_cls = get_task(spec.task)
+    if spec.generative:
+        raise RunError(f"{run}: a {spec.task} run; its held-out loss and answers are in metrics.json and "
+                       "generations.json (tunelab generate RUN answers new prompts)")
     task, model = task_cls.from_saved(_model_dir(run), spec.data.max_length)
+    if hasattr(task_cls, "prepare_data"):  # image and text+image runs read their data their own way
+        return _evaluate_images(run, spec, task_cls, task, model, data, baseline)
     if data:
         ds = read_source(data, spec.data.text_column, spec.data.label_column, spec.data.multi_label,
                          spec.data.label_separator)
@@ -104,3 +109,37 @@ def predict_inputs(run: str | Path, texts: list[str] | None = None, images: list
     encoded = task.encode(datasets.Dataset.from_dict(columns), with_labels=False)
     logits = predict_logits(model, encoded, task.collator(), 32, desc="predicting")
     return task.format_predictions(images, np.asarray(logits), top_k)
+
+
+def _evaluate_images(run: str | Path, spec: Any, task_cls: Any, task: Any, model: Any, data: str | None,
+                     baseline: bool) -> dict[str, Any]:
+    """evaluate_run for image and text+image runs: the run's held-out splits, or a labelled source."""
+    if data:
+        from tunelab.data.image_data import IMAGE_CHECKS, _read
+
+        found = _read(data, spec.data, with_text=getattr(task, "input_kind", "") == "text+image")
+        ds = found.get("test", found["train"])
+        images = {"data": list(zip(ds["location"], ds["image"]))}
+        view = ds if "text" in ds.column_names else ds.add_column("text", [""] * len(ds))
+        errors = [f for f in run_checks(DoctorContext({"data": view}, task.labels, images=images),
+                                        only=("missing-label", "unknown-label") + IMAGE_CHECKS) if f.severity == "error"]
+        if errors:
+            raise DataError(f"{data}: cannot score:\n" + "\n".join(f.render() for f in errors))
+        splits = {"data": ds}
+    else:
+        prepared = task_cls.prepare_data(spec, False)
+        if prepared.errors:
+            raise DataError("cannot score:\n" + "\n".join(f.render() for f in prepared.errors))
+        splits = {k: prepared.splits[k] for k in ("validation", "test")}
+    name = Path(data).stem if data else "heldout"
+    result: dict[str, Any] = {"baseline": {}, "fine_tuned": {}}
+    for split, ds in splits.items():
+        logits = predict_logits(model, task.encode(ds), task.collator(), spec.training.eval_batch_size, desc=split)
+        result["fine_tuned"][split] = headline(task.metrics(task.truth(ds), task.predict_ids(logits)))
+    if baseline:
+        base_task = task_cls.for_spec(spec, task.labels)
+        train = task_cls.prepare_data(load_run_spec(run), False).splits["train"]
+        _, scores = base_task.baseline(catalog.resolve(spec.model.base), train, splits)
+        result["baseline"] = {k: headline(v) for k, v in scores.items()}
+    write_json(Path(run) / "evaluations" / f"{name}.json", result)
+    return result

@@ -39,6 +39,15 @@ def test_strategies_train_and_predict(tiny_images: dict, tmp_path: Path, method:
     assert set(row["scores"]) <= {"red", "green", "blue"} and row["image"].endswith("000.png")
     if method != "linear-probe":  # a probe on random features is not expected to be right
         assert row["label"] == "blue"
+    if method == "discriminative":  # re-scoring: held-out splits, and a new labelled folder
+        res = tunelab("evaluate", str(run))
+        assert res.returncode == 0, res.stderr[-2000:]
+        heldout = json.loads((run / "evaluations" / "heldout.json").read_text())
+        assert heldout["fine_tuned"]["test"]["n"] == heldout["baseline"]["test"]["n"] > 0
+        fresh = tiny_images["fresh"]["red"][0].parents[1]
+        res = tunelab("evaluate", str(run), "--data", str(fresh), "--no-baseline")
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert json.loads((run / "evaluations" / "fresh.json").read_text())["fine_tuned"]["data"]["n"] == 6
 
 
 def test_lora_on_a_vit_folder(tiny_images: dict, tmp_path: Path) -> None:

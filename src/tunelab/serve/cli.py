@@ -1,0 +1,79 @@
+"""`tunelab serve RUN [RUN ...]`: the command, as a typer-compatible function (register it with
+``app.command("serve")(serve)``), and `run_server` for scripts."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+_LOOPBACK_NAMES = ("localhost", "ip6-localhost")
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Serve APP with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False, server_header=False,
+                timeout_graceful_shutdown=10)
+
+
+def serve(
+    runs: List[Path] = typer.Argument(..., help="Finished run directories; each is served as a model named after "
+                                      "its folder (runs/bbc-news -> model 'bbc-news')."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind. The default accepts connections from this machine "
+                             "only; use 0.0.0.0 to expose the server (and set --api-key)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    api_key: Optional[List[str]] = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer KEY' on every "
+                                                "route but /health; repeatable. Keys in the TUNELAB_API_KEYS "
+                                                "environment variable (comma-separated) are added."),
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the request log (e.g. sqlite:///requests.db or "
+                                     "postgresql+psycopg://user@host/db). Default: requests.db beside the first "
+                                     "run's folder (runs/requests.db); 'none' turns the log off."),
+    no_log_inputs: bool = typer.Option(False, "--no-log-inputs", help="Store only a sha256 of each request's inputs "
+                                       "in the request log, not the inputs."),
+    max_batch_size: int = typer.Option(16, min=1, help="Most items (texts, images, generation requests) per model "
+                                       "call."),
+    max_wait_ms: float = typer.Option(5.0, min=0.0, help="How long the first item of a batch waits for more."),
+    max_body_bytes: int = typer.Option(4 * 1024 * 1024, min=1024, help="Largest request body; larger gets 413."),
+    max_input_tokens: int = typer.Option(2048, min=1, help="Most tokens per text or prompt; more gets 400."),
+    max_tokens: int = typer.Option(512, min=1, help="Cap on max_tokens for generation (also the chat default)."),
+    max_n: int = typer.Option(4, min=1, help="Cap on n (choices per prompt)."),
+    timeout_s: float = typer.Option(60.0, min=0.001, help="Per-request time limit in seconds; 504 after it."),
+    log_level: str = typer.Option("info", help="uvicorn log level (debug, info, warning, error)."),
+) -> None:
+    """Serve runs over HTTP: OpenAI-compatible chat, completions and embeddings, plus /v1/classify."""
+    from rich.console import Console
+
+    from tunelab.serve.app import create_app
+    from tunelab.serve.settings import ServeSettings, keys_from_env
+
+    err = Console(stderr=True, soft_wrap=True)
+    keys = tuple(dict.fromkeys([*(api_key or []), *keys_from_env()]))
+    if not _is_loopback(host) and not keys:
+        err.print(f"[bold yellow]warning:[/] serving on {host} without an API key: anyone who can reach this port "
+                  "can use the models; set --api-key or TUNELAB_API_KEYS", highlight=False)
+    settings = ServeSettings(api_keys=keys, db=db, log_inputs=not no_log_inputs, max_batch_size=max_batch_size,
+                             max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes, max_input_tokens=max_input_tokens,
+                             max_tokens=max_tokens, max_n=max_n, timeout_s=timeout_s)
+    app = create_app(list(runs), settings)
+    state = app.state.tunelab
+    for name, model in state.models.items():
+        err.print(f"serving [bold]{name}[/] ({model.task_name}): {', '.join(model.routes)}", highlight=False)
+    from sqlalchemy.engine import make_url
+
+    log = make_url(state.store.url).render_as_string(hide_password=True) if state.store is not None else "off"
+    err.print(f"request log: {log}{' (inputs hashed)' if no_log_inputs else ''}; "
+              f"auth: {'on' if keys else 'off'}; http://{host}:{port}", highlight=False)
+    run_server(app, host, port, log_level)

@@ -1,0 +1,372 @@
+"""Runs as served models: a classifier (text, image, or text + image) or a generator (chat, completion).
+
+Every model is loaded once at start-up from its run directory, safetensors only (a folder that holds its
+weights only as pickle files is refused), with ``trust_remote_code`` never set. Each model owns one
+thread: every forward pass and ``generate`` call for it runs there, one batch at a time. Tokenizers are used
+only on the event-loop thread (fast tokenizers are not safe to share between threads), so the model
+thread receives token ids and tensors, never text.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from tunelab.recipe import RunError, load_run_spec
+from tunelab.serve.batching import MicroBatcher
+from tunelab.serve.settings import ServeSettings
+
+logger = logging.getLogger("tunelab.serve")
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+CLASSIFIER_TASKS = ("text-classification", "image-classification", "text-image-classification")
+GENERATIVE_TASKS = ("chat", "completion")
+ROUTES = {"text-classification": ("/v1/classify", "/v1/embeddings"), "image-classification": ("/v1/classify",),
+          "text-image-classification": ("/v1/classify",), "chat": ("/v1/chat/completions",),
+          "completion": ("/v1/completions",)}
+
+
+class UnsafeWeights(RunError):
+    """A model folder holds its weights only in pickle format (which can run code when loaded)."""
+
+
+def check_safetensors(folder: Path, depth: int = 2) -> None:
+    """Refuse FOLDER when a directory in it (down to DEPTH levels, checkpoints/ skipped) holds pickle weights
+    without a safetensors file beside them, or when it holds no safetensors weights at all."""
+    folder = Path(folder)
+    found_safe = False
+    dirs = [(folder, 0)]
+    while dirs:
+        d, level = dirs.pop()
+        files = [p for p in d.iterdir() if p.is_file()]
+        safe = any(p.suffix == ".safetensors" for p in files)
+        found_safe |= safe
+        pickles = sorted(p.name for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles and not safe:
+            raise UnsafeWeights(
+                f"{d} holds its weights only as pickle files ({', '.join(pickles)}); loading pickle can run arbitrary "
+                "code, so tunelab serve loads safetensors only. If you trust the file, convert it once with "
+                "transformers: `save_pretrained(folder, safe_serialization=True)`.")
+        if level < depth:
+            dirs += [(p, level + 1) for p in d.iterdir() if p.is_dir() and p.name not in ("checkpoints", ".cache")]
+    if not found_safe:
+        raise UnsafeWeights(f"{folder}: no *.safetensors weights found; tunelab serve loads safetensors only")
+
+
+def _pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(len(r) for r in rows)
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class EncoderItem:
+    """One input to a classifier run. OP is "classify" or "embed"; IDS are token ids (already cut to the
+    model's max_length), IMAGE a decoded PIL image."""
+
+    op: str
+    ids: list[int] | None = None
+    image: Any = None
+
+
+@dataclass
+class GenJob:
+    """One generation request: PROMPTS (token ids) x N samples each, one set of sampling parameters.
+    STREAM, when set, is called from the model thread with each step's new token per row."""
+
+    prompts: list[list[int]]
+    n: int
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    seed: int | None = None
+    stream: Any = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def key(self) -> tuple:
+        """Jobs with the same key can share one left-padded `generate` call."""
+        if self.stream is not None or self.seed is not None:
+            return ("alone", id(self))
+        return (self.do_sample, self.temperature, self.top_p, self.max_new_tokens)
+
+
+class ServedModel:
+    routes: tuple[str, ...] = ()
+
+    def __init__(self, name: str, run: Path, task_name: str, settings: ServeSettings) -> None:
+        self.name, self.run, self.task_name, self.settings = name, run, task_name, settings
+        self.created = int((run / "spec.yaml").stat().st_mtime) if (run / "spec.yaml").is_file() else int(time.time())
+        self.routes = ROUTES[task_name]
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self.batcher: MicroBatcher | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "tunelab",
+                "task": self.task_name, "endpoints": list(self.routes)}
+
+    def make_batcher(self, metrics: Any) -> MicroBatcher:
+        kind = "generate" if self.task_name in GENERATIVE_TASKS else "encode"
+
+        def on_batch(size: int, seconds: float, waits: list[float]) -> None:
+            if metrics is not None:
+                metrics.batch_size.labels(self.name, kind).observe(size)
+                metrics.model_seconds.labels(self.name, kind).observe(seconds)
+                for w in waits:
+                    metrics.queue_wait.labels(self.name).observe(w)
+
+        self.batcher = MicroBatcher(self.name, self.run_batch, self.executor, self.settings.max_batch_size,
+                                    self.settings.max_wait_ms / 1000.0, self.settings.max_pending, on_batch)
+        return self.batcher
+
+    def run_batch(self, items: list[Any]) -> list[Any]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class ClassifierModel(ServedModel):
+    """A text-, image- or text+image-classification run. Text runs also serve embeddings: the mean-pooled
+    (attention-masked) last hidden state of the fine-tuned encoder, L2-normalised."""
+
+    def __init__(self, name: str, run: Path, task_name: str, settings: ServeSettings) -> None:
+        super().__init__(name, run, task_name, settings)
+        from tunelab.evaluate_run import _model_dir
+        from tunelab.tasks import get_task
+
+        spec = load_run_spec(run)
+        model_dir = _model_dir(run)
+        check_safetensors(model_dir)
+        self.task, self.model = get_task(task_name).from_saved(model_dir, spec.data.max_length)
+        self.model.eval()
+        self.labels: list[str] = list(self.task.labels)
+        self.multi_label = bool(self.task.multi_label)
+        self.input_kind = getattr(self.task, "input_kind", "text")
+        self.tokenizer = getattr(self.task, "tokenizer", None)
+        self.max_length = int(getattr(self.task, "max_length", 0) or 0) or None
+        self.pad_id = (self.tokenizer.pad_token_id or 0) if self.tokenizer is not None else 0
+        self.image_mode = None
+        if self.input_kind != "text":
+            self.image_mode = "RGB" if self.task.processing.grayscale_to_rgb else "L"
+
+    @property
+    def needs_text(self) -> bool:
+        return self.input_kind in ("text", "text+image")
+
+    @property
+    def needs_image(self) -> bool:
+        return self.input_kind in ("image", "text+image")
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "labels": self.labels, "multi_label": self.multi_label, "input": self.input_kind}
+
+    # -- event-loop side -------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str], cap: int) -> tuple[list[list[int]], list[int]]:
+        """Token ids per text, cut to the run's max_length as in training, and each text's full token count.
+        Raises ValueError(index, count) for a text over CAP tokens. Call on the event-loop thread only."""
+        full = self.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+        counts = [len(ids) for ids in full]
+        for i, n in enumerate(counts):
+            if n > cap:
+                raise ValueError(i, n)
+        long = [i for i, ids in enumerate(full) if self.max_length and len(ids) > self.max_length]
+        if long:
+            cut = self.tokenizer([texts[i] for i in long], add_special_tokens=True, truncation=True,
+                                 max_length=self.max_length)["input_ids"]
+            for i, ids in zip(long, cut):
+                full[i] = ids
+        return [list(ids) for ids in full], counts
+
+    # -- model thread ------------------------------------------------------------------------------------
+    def run_batch(self, items: list[EncoderItem]) -> list[Any]:
+        want_emb = any(it.op == "embed" for it in items)
+        inputs: dict[str, torch.Tensor] = {}
+        mask = None
+        if self.needs_text:
+            inputs["input_ids"], mask = _pad_right([it.ids for it in items], self.pad_id)
+            inputs["attention_mask"] = mask
+        if self.needs_image:
+            from tunelab.vision.transforms import eval_transform
+
+            inputs["pixel_values"] = eval_transform([it.image for it in items], self.task.processing)
+        with torch.inference_mode():
+            if self.input_kind == "text":
+                out = self.model(**inputs, output_hidden_states=want_emb)
+                logits = out.logits.float().numpy()
+            else:
+                logits = self.model(**inputs).logits.float().numpy()
+            emb = None
+            if want_emb:
+                hidden = out.hidden_states[-1]
+                m = mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+                emb = torch.nn.functional.normalize(pooled.float(), p=2, dim=-1).numpy()
+        scores = self.task.scores(logits)
+        results: list[Any] = []
+        for i, it in enumerate(items):
+            results.append(emb[i].astype(np.float32) if it.op == "embed" else scores[i].astype(np.float64))
+        return results
+
+    def prediction(self, scores: np.ndarray, top_k: int | None) -> dict[str, Any]:
+        ranked = sorted(zip(self.labels, scores.tolist()), key=lambda x: -x[1])
+        shown = dict(ranked[:top_k] if top_k else ranked)
+        row: dict[str, Any] = {"label": ranked[0][0], "score": ranked[0][1], "scores": shown}
+        if self.multi_label:
+            row["labels"] = [lab for lab, s in ranked if s > 0.5]
+        return row
+
+
+class _StepStreamer:
+    """transformers streamer: skips the prompt, then hands each step's tokens (one per row) to CALLBACK."""
+
+    def __init__(self, callback: Any) -> None:
+        self.callback, self._prompt_seen = callback, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.callback(("tokens", value.reshape(-1).tolist()))
+
+    def end(self) -> None:
+        self.callback(("end", None))
+
+
+class _Cancelled(StoppingCriteria):
+    """Stopping criterion: stop the whole batch once every job in it has been cancelled."""
+
+    def __init__(self, events: list[threading.Event]) -> None:
+        super().__init__()
+        self.events = events
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        done = all(e.is_set() for e in self.events)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+class GeneratorModel(ServedModel):
+    """A chat or completion run: its merged export, full model, or base + adapter (as `tunelab generate`)."""
+
+    def __init__(self, name: str, run: Path, task_name: str, settings: ServeSettings) -> None:
+        super().__init__(name, run, task_name, settings)
+        from tunelab.generation import stop_token_ids
+        from tunelab.lm_use import load_generator, task_for
+
+        folder = next((f for f in (run / "export" / "merged", run / "model", run) if (f / "config.json").is_file()), None)
+        if folder is not None:
+            check_safetensors(folder, depth=0)
+        elif (run / "adapter" / "adapter_config.json").is_file():
+            from tunelab.artifacts import read_json
+
+            check_safetensors(run / "adapter", depth=0)
+            base = read_json(run / "adapter" / "adapter_config.json").get("base_model_name_or_path")
+            if base and Path(base).is_dir():
+                check_safetensors(Path(base), depth=0)
+        self.model, self.tokenizer = load_generator(run)
+        self.model.eval()
+        self.task = task_for(run, self.tokenizer)
+        self.stops = stop_token_ids(self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (
+            self.stops[0] if self.stops else 0)
+        config = getattr(self.model, "config", None)
+        self.context = getattr(config, "max_position_embeddings", None) or None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "context_length": self.context}
+
+    # -- event-loop side -----------------------------------------------------------------------------------
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        from tunelab.tasks.chat_format import render_prompt
+
+        return render_prompt(self.tokenizer, messages)
+
+    def completion_prompt(self, text: str) -> list[int]:
+        return list(self.task.prompt_ids(text))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # -- model thread ----------------------------------------------------------------------------------------
+    def run_batch(self, jobs: list[GenJob]) -> list[Any]:
+        results: list[Any] = [None] * len(jobs)
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(job.key, []).append(i)
+        for indices in groups.values():
+            live = [i for i in indices if not jobs[i].cancel.is_set()]
+            if not live:
+                continue
+            try:
+                outs = self._generate([jobs[i] for i in live])
+            except Exception as err:  # noqa: BLE001 - fail these jobs only
+                logger.exception("model %s: generation failed", self.name)
+                outs = [err] * len(live)
+            for i, out in zip(live, outs):
+                results[i] = out
+        return results
+
+    def _generate(self, jobs: list[GenJob]) -> list[list[tuple[list[int], str]]]:
+        """For each job, (new token ids, finish reason) per row (prompt-major, then sample)."""
+        first = jobs[0]
+        rows = [p for job in jobs for p in job.prompts for _ in range(job.n)]
+        longest = max(len(p) for p in rows)
+        ids = torch.full((len(rows), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for r, p in enumerate(rows):  # left padding, as in tunelab.generation: each row continues from its own end
+            ids[r, longest - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[r, longest - len(p):] = 1
+        sampling: dict[str, Any] = ({"do_sample": True, "temperature": first.temperature, "top_p": first.top_p}
+                                    if first.do_sample else
+                                    {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
+        if first.seed is not None:
+            torch.manual_seed(first.seed)
+        device = next(self.model.parameters()).device
+        streamer = _StepStreamer(first.stream) if first.stream is not None else None
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                      max_new_tokens=first.max_new_tokens, eos_token_id=self.stops or None,
+                                      pad_token_id=self.pad_id, streamer=streamer,
+                                      stopping_criteria=StoppingCriteriaList([_Cancelled([j.cancel for j in jobs])]),
+                                      **sampling)
+        new = out[:, longest:].tolist()
+        per_job: list[list[tuple[list[int], str]]] = []
+        r = 0
+        for job in jobs:
+            choices = []
+            for _ in range(len(job.prompts) * job.n):
+                row = new[r]
+                r += 1
+                cut = next((i for i, t in enumerate(row) if t in self.stops), None)
+                choices.append((row[:cut], "stop") if cut is not None else (row, "length"))
+            per_job.append(choices)
+        return per_job
+
+
+def load_model(run: str | Path, settings: ServeSettings, name: str | None = None) -> ServedModel:
+    """The served model for RUN (a finished run directory), named NAME or after the run's folder."""
+    run = Path(run)
+    if not run.is_dir():
+        raise RunError(f"{run}: no such run directory")
+    spec = load_run_spec(run)
+    name = name or run.resolve().name
+    if spec.task in CLASSIFIER_TASKS:
+        return ClassifierModel(name, run, spec.task, settings)
+    if spec.task in GENERATIVE_TASKS:
+        return GeneratorModel(name, run, spec.task, settings)
+    raise RunError(f"{run}: tunelab serve does not know how to serve a {spec.task} run")
