@@ -315,6 +315,11 @@ def models() -> None:
               + describe_bundled_images())
 
 
+from tunelab.monitor.cli import monitor  # noqa: E402  (light: heavy imports happen inside the command)
+
+app.command("monitor")(monitor)
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # transformers' load reports ("classifier.weight MISSING") are expected when a new head is attached;

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import typer
-import yaml
 from sqlalchemy import MetaData, create_engine, insert
 from typer.testing import CliRunner
 

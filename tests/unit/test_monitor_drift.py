@@ -40,10 +40,13 @@ def test_mmd_test_separates_shifted_embeddings_only():
     same = drift.embedding_check(ref, rng.normal(size=(60, 8)), 0.01, permutations=200, seed=0)
     shifted = drift.embedding_check(ref, rng.normal(0.8, 1.0, size=(60, 8)), 0.01, permutations=200, seed=0)
     assert not same["alert"] and same["value"] > 0.01
-    assert shifted["alert"] and shifted["value"] == pytest.approx(1 / 201)
+    # at least 5 / threshold permutations, so the smallest possible p-value is below the threshold
+    assert shifted["alert"] and shifted["value"] == pytest.approx(1 / 501)
+    strict = drift.embedding_check(ref, rng.normal(0.8, 1.0, size=(60, 8)), 0.001, permutations=200, seed=0)
+    assert strict["details"]["permutations"] == 5000 and strict["alert"]
     # seeded: the same inputs give the same p-value
-    again = drift.embedding_check(ref, rng.normal(0.8, 1.0, size=(60, 8)), 0.01, permutations=200, seed=0)
-    assert again["details"]["permutations"] == 200
+    x = rng.normal(0.2, 1.0, size=(40, 8))
+    assert drift.embedding_check(ref, x, 0.01, seed=3)["value"] == drift.embedding_check(ref, x, 0.01, seed=3)["value"]
 
 
 def test_mmd_null_p_values_are_roughly_uniform():

@@ -165,6 +165,8 @@ def embedding_check(reference: np.ndarray, logged: np.ndarray, threshold: float,
     """Embedding drift: MMD permutation test of the fine-tuned encoder's mean-pooled embeddings."""
     if len(reference) < 2 or len(logged) < 2:
         return skipped("embedding_drift", threshold, "fewer than two embeddings on one side")
+    # enough permutations that the smallest attainable p-value, 1/(1+permutations), is well below the threshold
+    permutations = max(permutations, int(np.ceil(5 / threshold)))
     rng = np.random.default_rng(seed)
     reference = np.asarray(reference)[sample_rows(len(reference), MAX_SAMPLE, rng)]
     logged = np.asarray(logged)[sample_rows(len(logged), MAX_SAMPLE, rng)]

@@ -68,6 +68,20 @@ def _drift_checks(run: Path, spec: Any, texts: list[str], preds: list[tuple[str,
         reason = (f"{n_requests} request(s) logged, fewer than monitor.min_requests ({minimum}); too few to tell "
                   "drift from chance")
         return [drift.skipped(n, thr[n], reason) for n in (*INPUT_CHECKS, *PREDICTION_CHECKS)], plots
+    input_reason = pred_reason = None
+    if len(texts) < minimum:
+        if hash_only and not texts:
+            input_reason = "inputs were not logged (the server ran with --no-log-inputs; only hashes are stored)"
+        elif hash_only:
+            input_reason = (f"only {len(texts)} logged input text(s) ({hash_only} request(s) logged a hash only), "
+                            f"fewer than monitor.min_requests ({minimum})")
+        else:
+            input_reason = f"only {len(texts)} logged input text(s), fewer than monitor.min_requests ({minimum})"
+    if len(preds) < minimum:
+        pred_reason = f"only {len(preds)} logged prediction(s), fewer than monitor.min_requests ({minimum})"
+    if input_reason and pred_reason:  # nothing to compare: do not load the model or rebuild the data
+        return ([drift.skipped(n, thr[n], input_reason) for n in INPUT_CHECKS]
+                + [drift.skipped(n, thr[n], pred_reason) for n in PREDICTION_CHECKS]), plots
     from tunelab.monitor.reference import load_classifier, reference_for
 
     classifier = load_classifier(run, spec)
@@ -77,15 +91,8 @@ def _drift_checks(run: Path, spec: Any, texts: list[str], preds: list[tuple[str,
     plots["reference"] = {"sizes": ref.sizes, "embedding_source": ref.embedding_source, "cached": ref.cached,
                           "validation_mean_top_score": float(ref.val_scores.mean()) if len(ref.val_scores) else None}
     checks: list[dict[str, Any]] = []
-    if len(texts) < minimum:
-        if hash_only and not texts:
-            reason = "inputs were not logged (the server ran with --no-log-inputs; only hashes are stored)"
-        elif hash_only:
-            reason = (f"only {len(texts)} logged input text(s) ({hash_only} request(s) logged a hash only), "
-                      f"fewer than monitor.min_requests ({minimum})")
-        else:
-            reason = f"only {len(texts)} logged input text(s), fewer than monitor.min_requests ({minimum})"
-        checks += [drift.skipped(n, thr[n], reason) for n in INPUT_CHECKS]
+    if input_reason:
+        checks += [drift.skipped(n, thr[n], input_reason) for n in INPUT_CHECKS]
     else:
         _, embeddings = classifier.score_and_embed(texts, spec.training.eval_batch_size)
         checks.append(drift.length_check(ref.train_lengths, plots["logged_lengths"], thr["input_length"]))
@@ -97,9 +104,8 @@ def _drift_checks(run: Path, spec: Any, texts: list[str], preds: list[tuple[str,
             for check in checks[-3:]:
                 check["details"]["hash_only_requests"] = hash_only
                 check["details"]["summary"] += f"; {hash_only} request(s) without logged input not included"
-    if len(preds) < minimum:
-        reason = f"only {len(preds)} logged prediction(s), fewer than monitor.min_requests ({minimum})"
-        checks += [drift.skipped(n, thr[n], reason) for n in PREDICTION_CHECKS]
+    if pred_reason:
+        checks += [drift.skipped(n, thr[n], pred_reason) for n in PREDICTION_CHECKS]
     else:
         labels, scores = [p[0] for p in preds], [p[1] for p in preds]
         checks.append(drift.label_check(ref.val_predicted, labels, thr["label_shift"], ref.labels,
