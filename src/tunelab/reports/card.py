@@ -33,9 +33,15 @@ def model_card(spec: RunSpec, prepared: Prepared, metrics: dict[str, Any], detai
         verdict = (f"\nOn the test split the fine-tuned model is **{word}** than the untuned baseline: "
                    f"{comparison['metric']} {comparison['baseline']:.4f} -> {comparison['fine_tuned']:.4f} "
                    f"({comparison['gain']:+.4f}, n={comparison['n']}).\n")
+    image = spec.task in ("image-classification", "text-image-classification")
+    inputs = (f"Images at {spec.data.image_size or 'the model default'} px, column `{spec.data.image_column}`, "
+              f"augmentation `{spec.data.augment}`" + (f"; texts column `{spec.data.text_column}`, "
+              f"truncated to {spec.data.max_length} tokens" if spec.task == "text-image-classification" else "")
+              ) if image else (f"Column mapping: text=`{spec.data.text_column}`, label=`{spec.data.label_column}`.\n"
+                               f"Texts truncated to {spec.data.max_length} tokens")
     return f"""---
-library_name: transformers
-pipeline_tag: text-classification
+library_name: {'tunelab' if image else 'transformers'}
+pipeline_tag: {'image-classification' if image else 'text-classification'}
 base_model: {spec.model.base}
 tags: [tunelab, {spec.task}, {spec.model.method}]
 ---
@@ -47,8 +53,7 @@ Labels: {', '.join(prepared.labels)}{' (multi-label)' if spec.data.multi_label e
 ## Data
 {files}
 
-Examples per split: {sizes}. Column mapping: text=`{spec.data.text_column}`, label=`{spec.data.label_column}`.
-Texts truncated to {spec.data.max_length} tokens.
+Examples per split: {sizes}. {inputs}.
 
 Data checks before training ({data_headline}; details in `data_report.html`):
 {findings}
@@ -74,8 +79,13 @@ Baseline: {details.get('baseline_method')}. Baseline and fine-tuned model are sc
 - Labels are only as good as the training data's; the model reproduces its biases and mistakes.
 
 ## Use
-```python
+{USE_IMAGE if image else USE_TEXT}
+"""
+
+
+USE_TEXT = """```python
 from transformers import pipeline
 clf = pipeline("text-classification", model="model")  # this run's model/ folder
-```
-"""
+```"""
+USE_IMAGE = """`tunelab predict RUN --image photo.png` (add `--text "..."` for a text + image run); `model/` holds the
+weights (safetensors), tunelab's config and `preprocessor_config.json`."""

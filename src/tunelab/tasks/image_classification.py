@@ -49,7 +49,8 @@ class ImageClassification(TextClassification):
 
     # -- model ------------------------------------------------------------------------------------
     def load_model(self, base: str) -> torch.nn.Module:
-        from tunelab.vision.models import EFFICIENTNET_ALIASES, build_efficientnet_lite0, build_image_model
+        from tunelab.vision.models import (EFFICIENTNET_ALIASES, build_efficientnet_lite0, build_image_model,
+                                           has_trained_batchnorm_stats)
         from tunelab.vision.transforms import ImageProcessing
 
         id2label = dict(enumerate(self.labels))
@@ -63,7 +64,7 @@ class ImageClassification(TextClassification):
         proc.std = tuple(model.config.get("image_std", proc.std))
         self.processing = proc
         model.config["image_size"] = size
-        model.freeze_batchnorm_stats = base != "tiny-cnn"  # pre-trained: keep its BatchNorm statistics
+        model.freeze_batchnorm_stats = has_trained_batchnorm_stats(model)  # pre-trained: keep its statistics
         return model
 
     def apply_method(self, model: torch.nn.Module, spec: Any) -> torch.nn.Module:

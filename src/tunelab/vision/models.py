@@ -80,6 +80,15 @@ def _make_config(architecture: str, num_labels: int, id2label: Any, image_size: 
 # ---------------------------------------------------------------------------------------------------------
 # the common interface
 # ---------------------------------------------------------------------------------------------------------
+def has_trained_batchnorm_stats(model: nn.Module) -> bool:
+    """True when some BatchNorm layer holds statistics learned elsewhere (a pre-trained model), not the
+    initial mean 0 / variance 1 of a random-init one."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+               and m.running_mean is not None
+               and (m.running_mean.abs().max() > 0 or (m.running_var - 1).abs().max() > 0)
+               for m in model.modules())
+
+
 class ImageClassifier(nn.Module):
     """A backbone producing a pooled (B, D) feature vector, and a head mapping it to logits.
 
