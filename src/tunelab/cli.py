@@ -315,9 +315,11 @@ def models() -> None:
               + describe_bundled_images())
 
 
-from tunelab.monitor.cli import monitor  # noqa: E402  (light: heavy imports happen inside the command)
+from tunelab.monitor.cli import monitor  # noqa: E402  (light: heavy imports happen inside the commands)
+from tunelab.serve.cli import serve  # noqa: E402
 
 app.command("monitor")(monitor)
+app.command("serve")(serve)
 
 
 def main() -> None:

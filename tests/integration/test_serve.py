@@ -37,26 +37,26 @@ CHAT = [{"role": "user", "content": "what is the city number 3?"}]
 @pytest.fixture(scope="session")
 def serve_runs(tiny_assets: dict, tiny_llm: dict, tiny_images: dict, tmp_path_factory: pytest.TempPathFactory
                ) -> dict[str, Path]:
-    """One quick run of each kind (1-2 epochs: the tests check the serving contract, not accuracy)."""
+    """One quick run of each kind (one epoch on a small sample: the tests check the serving contract, not accuracy)."""
     out = str(tmp_path_factory.mktemp("serve-runs"))
     llm_generation = {"generation": {"prompts": 2, "max_new_tokens": 4}}
     specs = {
         "serve-tc": {"task": "text-classification", "model": {"base": str(tiny_assets["model"])},
                      "data": {"train": str(tiny_assets["data"]), "max_length": 32},
-                     "training": {"epochs": 2, "batch_size": 8, "learning_rate": 5e-3}},
+                     "training": {"epochs": 1, "batch_size": 8, "learning_rate": 5e-3}},
         "serve-chat": {"task": "chat", "model": {"base": str(tiny_llm["model"])},
-                       "data": {"train": str(tiny_llm["chat"]), "max_length": 64},
+                       "data": {"train": str(tiny_llm["chat"]), "max_length": 64, "limit": 24},
                        "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-2}, "evaluation": llm_generation},
         "serve-completion": {"task": "completion", "model": {"base": str(tiny_llm["model"]), "method": "full"},
-                             "data": {"train": str(tiny_llm["text"]), "max_length": 64},
+                             "data": {"train": str(tiny_llm["text"]), "max_length": 64, "limit": 16},
                              "training": {"epochs": 1, "batch_size": 4, "learning_rate": 5e-3, "batching": "packing"},
                              "evaluation": llm_generation},
         "serve-img": {"task": "image-classification", "model": {"base": "tiny-cnn"},
-                      "data": {"train": str(tiny_images["folder"]), "image_size": 16},
+                      "data": {"train": str(tiny_images["folder"]), "image_size": 16, "limit": 24},
                       "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-2}},
         "serve-ti": {"task": "text-image-classification",
                      "model": {"base": str(tiny_assets["model"]), "image_base": "tiny-cnn"},
-                     "data": {"train": str(tiny_images["pairs"]), "image_size": 16, "max_length": 16},
+                     "data": {"train": str(tiny_images["pairs"]), "image_size": 16, "max_length": 16, "limit": 24},
                      "training": {"epochs": 1, "batch_size": 8, "learning_rate": 5e-3}},
     }
     return {name: fine_tune(parse_spec({"name": name, **spec, "output": {"dir": out}})).dir
@@ -216,8 +216,27 @@ def test_classify_text_matches_tunelab_predict(server: SimpleNamespace) -> None:
     for row, ref in zip(body["data"], expected):
         assert row["label"] == ref["label"] and row["score"] == pytest.approx(ref["score"], abs=1e-5)
         assert set(row["scores"]) == {"sports", "weather", "tech"} and sum(row["scores"].values()) == pytest.approx(1)
+    # long texts are cut to the run's max_length (32) exactly as in training, whether or not the fast prefix
+    # tokenization applies (words at the cut, no whitespace at all, newlines)
+    words = ["goal", "laptop", "rain", "match", "chip", "storm", "the", "very"]
+    long = [" ".join(words[(j * 7 + j // 3) % 8] for j in range(400)), "goalmatch" * 300, "rain\nstorm " * 200,
+            " ".join(words) * 60]
+    body = _post(server, "/v1/classify", {"model": "serve-tc", "input": long}).json()
+    expected = predict_inputs(server.runs["serve-tc"], long)
+    assert [r["score"] for r in body["data"]] == pytest.approx([r["score"] for r in expected], abs=1e-5)
+    assert body["usage"]["prompt_tokens"] <= 32 * len(long)
     one = _post(server, "/v1/classify", {"model": "serve-tc", "input": texts[0], "top_k": 1}).json()["data"]
     assert len(one) == 1 and list(one[0]["scores"]) == [one[0]["label"]]
+
+
+def test_encoder_input_cap(server: SimpleNamespace) -> None:
+    """Classifier and embedding inputs are cut to the run's max_length; the cap bounds what the model reads."""
+    model = server.state.models["serve-tc"]
+    ids, counts = model.tokenize(["goal " * 50, "rain"], cap=32)
+    assert counts == [32, 3] and [len(x) for x in ids] == counts
+    with pytest.raises(ValueError) as err:
+        model.tokenize(["rain", "goal " * 50], cap=8)
+    assert err.value.args[0] == 1 and "limit is 8" in err.value.args[1]
 
 
 def test_classify_images_and_pairs(server: SimpleNamespace, tiny_images: dict) -> None:
@@ -290,7 +309,7 @@ BAD = [  # (route, body, status, param)
     ("/v1/classify", {"model": "serve-tc"}, 400, "input"),
     ("/v1/classify", {"model": "serve-tc", "input": []}, 400, "input"),
     ("/v1/classify", {"model": "serve-tc", "input": ["goal"] * 257}, 400, "input"),
-    ("/v1/classify", {"model": "serve-tc", "input": "goal " * 200}, 400, "input[0]"),  # over max_input_tokens
+    ("/v1/classify", {"model": "serve-tc", "input": ["goal", "goalmatch" * 20_000]}, 400, "input[1]"),  # no word break
     ("/v1/classify", {"model": "serve-tc", "input": "goal", "top_k": 0}, 400, "top_k"),
     ("/v1/classify", {"model": "serve-img", "input": "goal"}, 400, "input[0]"),  # needs an image
     ("/v1/classify", {"model": "serve-img", "images": ["/etc/passwd"]}, 400, "images[0]"),  # never a path
@@ -331,8 +350,10 @@ def test_malformed_and_oversized_bodies(server: SimpleNamespace) -> None:
 
     r = httpx.post(server.url + "/v1/classify", content=chunks(), headers=AUTH, timeout=60)
     assert r.status_code == 413
-    r = _post(server, "/v1/classify", b'{"model": "serve-tc", "input": "goal"}', {**AUTH, "Content-Length": "abc"})
-    assert r.status_code == 400
+    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=30) as sock:
+        sock.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                     "Content-Length: abc\r\n\r\n{}".encode())
+        assert sock.recv(4096).split(b" ")[1] == b"400"  # refused by the HTTP layer or by us: never a 500
     assert httpx.put(server.url + "/v1/classify", headers=AUTH).status_code == 405
     assert httpx.get(server.url + "/nowhere", headers=AUTH).json()["error"]["code"] == "not_found"
     _assert_healthy(server)
@@ -350,6 +371,19 @@ def test_timeout_is_a_504_and_the_server_recovers(server: SimpleNamespace) -> No
     finally:
         settings.timeout_s = before
     _assert_healthy(server)
+
+
+def test_client_leaving_mid_stream(server: SimpleNamespace) -> None:
+    since = time.time()
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", headers=AUTH, timeout=60,
+                      json=_chat_body(max_tokens=16, stream=True)) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())  # the first chunk, then hang up
+    _assert_healthy(server)
+    deadline = time.time() + 30
+    while not any(row["status"] in (200, 499) for row in _rows(server, model="serve-chat", since=since)):
+        assert time.time() < deadline, "the stream was never logged"
+        time.sleep(0.2)
 
 
 def test_bad_requests_leave_the_server_healthy(server: SimpleNamespace, client: "openai.OpenAI") -> None:

@@ -21,6 +21,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def default_threads() -> int:
+    """torch threads for serving: one less than the CPUs (at least 1). The event loop (HTTP, JSON, tokenizing)
+    needs a core too; on a 2-core machine two torch threads fight it and stall (see docs/benchmarks.md)."""
+    import os
+
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Serve APP with uvicorn until interrupted."""
     import uvicorn
@@ -47,10 +55,17 @@ def serve(
                                        "call."),
     max_wait_ms: float = typer.Option(5.0, min=0.0, help="How long the first item of a batch waits for more."),
     max_body_bytes: int = typer.Option(4 * 1024 * 1024, min=1024, help="Largest request body; larger gets 413."),
-    max_input_tokens: int = typer.Option(2048, min=1, help="Most tokens per text or prompt; more gets 400."),
+    max_input_tokens: int = typer.Option(2048, min=1, help="Most tokens the model reads per prompt (generation) or "
+                                         "per text (classifiers and embeddings first cut texts to the run's "
+                                         "max_length, as in training); more gets 400."),
     max_tokens: int = typer.Option(512, min=1, help="Cap on max_tokens for generation (also the chat default)."),
     max_n: int = typer.Option(4, min=1, help="Cap on n (choices per prompt)."),
     timeout_s: float = typer.Option(60.0, min=0.001, help="Per-request time limit in seconds; 504 after it."),
+    max_batch_tokens: int = typer.Option(512, min=0, help="On the CPU, run a text batch in sub-batches of at most "
+                                         "this many padded tokens (faster per text: activations stay in cache); "
+                                         "0: never split."),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads for the model calls. Default: one less "
+                                          "than the CPU count (at least 1), so that a core stays free for HTTP."),
     log_level: str = typer.Option("info", help="uvicorn log level (debug, info, warning, error)."),
 ) -> None:
     """Serve runs over HTTP: OpenAI-compatible chat, completions and embeddings, plus /v1/classify."""
@@ -60,13 +75,20 @@ def serve(
     from tunelab.serve.settings import ServeSettings, keys_from_env
 
     err = Console(stderr=True, soft_wrap=True)
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: the event loop needs the cores
+    import torch
+
+    torch.set_num_threads(threads or default_threads())
     keys = tuple(dict.fromkeys([*(api_key or []), *keys_from_env()]))
     if not _is_loopback(host) and not keys:
         err.print(f"[bold yellow]warning:[/] serving on {host} without an API key: anyone who can reach this port "
                   "can use the models; set --api-key or TUNELAB_API_KEYS", highlight=False)
     settings = ServeSettings(api_keys=keys, db=db, log_inputs=not no_log_inputs, max_batch_size=max_batch_size,
                              max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes, max_input_tokens=max_input_tokens,
-                             max_tokens=max_tokens, max_n=max_n, timeout_s=timeout_s)
+                             max_tokens=max_tokens, max_n=max_n, timeout_s=timeout_s,
+                             max_batch_tokens=max_batch_tokens)
     app = create_app(list(runs), settings)
     state = app.state.tunelab
     for name, model in state.models.items():
@@ -74,6 +96,6 @@ def serve(
     from sqlalchemy.engine import make_url
 
     log = make_url(state.store.url).render_as_string(hide_password=True) if state.store is not None else "off"
-    err.print(f"request log: {log}{' (inputs hashed)' if no_log_inputs else ''}; "
-              f"auth: {'on' if keys else 'off'}; http://{host}:{port}", highlight=False)
+    err.print(f"request log: {log}{' (inputs hashed)' if no_log_inputs else ''}; auth: {'on' if keys else 'off'}; "
+              f"torch threads: {torch.get_num_threads()}; http://{host}:{port}", highlight=False)
     run_server(app, host, port, log_level)

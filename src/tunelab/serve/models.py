@@ -155,6 +155,7 @@ class ClassifierModel(ServedModel):
         check_safetensors(model_dir)
         self.task, self.model = get_task(task_name).from_saved(model_dir, spec.data.max_length)
         self.model.eval()
+        self.device = next(self.model.parameters()).device
         self.labels: list[str] = list(self.task.labels)
         self.multi_label = bool(self.task.multi_label)
         self.input_kind = getattr(self.task, "input_kind", "text")
@@ -178,23 +179,85 @@ class ClassifierModel(ServedModel):
 
     # -- event-loop side -------------------------------------------------------------------------------
     def tokenize(self, texts: list[str], cap: int) -> tuple[list[list[int]], list[int]]:
-        """Token ids per text, cut to the run's max_length as in training, and each text's full token count.
-        Raises ValueError(index, count) for a text over CAP tokens. Call on the event-loop thread only."""
-        full = self.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
-        counts = [len(ids) for ids in full]
+        """Token ids per text, cut to the run's max_length exactly as `tokenizer(..., truncation=True)` cuts them in
+        training, and their counts (the tokens the model reads). Raises ValueError(index, reason) for a text whose
+        model input is over CAP tokens (or that cannot be cut cheaply). Call on the event-loop thread only (it sets the backend's truncation)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:  # a slow (Python) tokenizer: two passes
+            ids = [list(x) for x in self.tokenizer(texts, add_special_tokens=True, truncation=bool(self.max_length),
+                                                     max_length=self.max_length)["input_ids"]]
+            self._check_cap([len(x) for x in ids], cap)
+            return ids, [len(x) for x in ids]
+        backend.no_truncation()
+        backend.no_padding()
+        special = self.tokenizer.num_special_tokens_to_add()
+        encodings = self._encode_content(backend, texts, special)
+        out = []
+        for e in encodings:
+            if self.max_length and len(e.ids) + special > self.max_length:
+                e.truncate(self.max_length - special)
+            out.append(list(backend.post_process(e, None, True).ids))
+        counts = [len(ids) for ids in out]
+        self._check_cap(counts, cap)
+        return out, counts
+
+    def _encode_content(self, backend: Any, texts: list[str], special: int) -> list[Any]:
+        """Encodings (no special tokens) whose first max_length - special tokens are those of the whole text.
+
+        A long text is tokenized from a prefix only (8 characters per kept token): when the kept tokens all
+        end before the prefix's last whitespace, the cut did not touch them (tokenizers split words at
+        whitespace first), so they are exactly the whole text's first tokens; otherwise the whole text is
+        tokenized. This keeps a 100 kB input from costing 100 kB of tokenization for 64 tokens."""
+        keep = (self.max_length - special) if self.max_length else None
+        prefix = max(256, 8 * self.max_length) if self.max_length else None
+        cut = {i for i, t in enumerate(texts) if prefix is not None and len(t) > prefix}
+        encodings = backend.encode_batch([t[:prefix] if i in cut else t for i, t in enumerate(texts)],
+                                         add_special_tokens=False) if texts else []
+        redo = []
+        for i in sorted(cut):
+            e, head = encodings[i], texts[i][:prefix]
+            space = max(head.rfind(c) for c in " \n\t\r")
+            if not (keep and len(e.ids) > keep and space > 0 and e.offsets[keep - 1][1] <= space):
+                redo.append(i)
+        for i in redo:
+            if len(texts[i]) > 64 * prefix:  # pathological (no word break near the start): refuse, do not grind
+                raise ValueError(i, f"has no word break in its first {prefix} characters and is longer than "
+                                    f"{64 * prefix} characters; shorten it")
+        if redo:
+            for i, e in zip(redo, backend.encode_batch([texts[i] for i in redo], add_special_tokens=False)):
+                encodings[i] = e
+        return encodings
+
+    @staticmethod
+    def _check_cap(counts: list[int], cap: int) -> None:
         for i, n in enumerate(counts):
             if n > cap:
-                raise ValueError(i, n)
-        long = [i for i, ids in enumerate(full) if self.max_length and len(ids) > self.max_length]
-        if long:
-            cut = self.tokenizer([texts[i] for i in long], add_special_tokens=True, truncation=True,
-                                 max_length=self.max_length)["input_ids"]
-            for i, ids in zip(long, cut):
-                full[i] = ids
-        return [list(ids) for ids in full], counts
+                raise ValueError(i, f"has {n} tokens; this server's limit is {cap}")
 
     # -- model thread ------------------------------------------------------------------------------------
     def run_batch(self, items: list[EncoderItem]) -> list[Any]:
+        """Scores (classify) or unit vectors (embed) per item. On the CPU a text batch runs in sub-batches of at
+        most `max_batch_tokens` padded tokens, shortest texts together: per text, 8 x 64 tokens of MiniLM run
+        faster than 16 x 64 (the activations stay in cache), and sorting by length cuts padding."""
+        budget = self.settings.max_batch_tokens
+        if not (self.needs_text and budget and self.device.type == "cpu" and len(items) > 1):
+            return self._forward(items)
+        chunks: list[list[int]] = [[]]
+        longest = 0
+        for i in sorted(range(len(items)), key=lambda i: len(items[i].ids)):
+            n = len(items[i].ids)
+            if chunks[-1] and (len(chunks[-1]) + 1) * max(longest, n) > budget:
+                chunks.append([])
+                longest = 0
+            chunks[-1].append(i)
+            longest = max(longest, n)
+        results: list[Any] = [None] * len(items)
+        for chunk in chunks:
+            for i, r in zip(chunk, self._forward([items[i] for i in chunk])):
+                results[i] = r
+        return results
+
+    def _forward(self, items: list[EncoderItem]) -> list[Any]:
         want_emb = any(it.op == "embed" for it in items)
         inputs: dict[str, torch.Tensor] = {}
         mask = None

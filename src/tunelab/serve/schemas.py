@@ -128,7 +128,9 @@ def parse(model: type[BaseModel], body: Any) -> Any:
     try:
         return model.model_validate(body)
     except ValidationError as err:
-        first = err.errors()[0]
+        errors = err.errors()
+        # of a union's alternatives, report the one that got furthest (input.0.path beats "input is not a string")
+        first = max(errors, key=lambda e: len(_loc(e.get("loc", ()))))
         param = ".".join(_loc(first.get("loc", ()))) or None
         missing = first.get("type") == "missing"
         msg = f"missing required parameter '{param}'" if missing else f"invalid '{param}': {first.get('msg')}"

@@ -15,6 +15,7 @@ class ServeSettings:
     log_inputs: bool = True              # False: store only the inputs' sha256
     max_batch_size: int = 16             # items per model call (texts, images, generation requests)
     max_wait_ms: float = 5.0             # how long the first queued item waits for company
+    max_batch_tokens: int = 512          # CPU only: a text batch runs in sub-batches of at most this many tokens
     max_body_bytes: int = 4 * 1024 * 1024
     max_input_tokens: int = 2048         # per text / per prompt
     max_tokens: int = 512                # cap on max_tokens (and the chat default)
@@ -30,6 +31,8 @@ class ServeSettings:
                      "max_pending"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.max_batch_tokens < 0:
+            raise ValueError("max_batch_tokens must be >= 0 (0: never split a batch)")
         if self.max_wait_ms < 0 or self.timeout_s <= 0:
             raise ValueError("max_wait_ms must be >= 0 and timeout_s > 0")
 
