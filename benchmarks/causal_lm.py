@@ -114,7 +114,7 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
-        pass
+        pass  # deliberate: optional machine fact or clean-up; the benchmark runs without it
     return platform.processor() or "unknown"
 
 
@@ -215,7 +215,7 @@ class PeakMemory:
         try:  # give freed heap back to the OS so the next arm starts from a clean RSS
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except OSError:
-            pass
+            pass  # deliberate: optional machine fact or clean-up; the benchmark runs without it
         self.start = _rss_bytes()
         try:
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
@@ -223,7 +223,7 @@ class PeakMemory:
                 self.method = "VmHWM minus RSS at arm start"
                 return
         except OSError:
-            pass
+            pass  # deliberate: no resettable high-water mark here; fall back to sampling RSS below
         self.method = "sampled RSS (5 ms) minus RSS at arm start"
         self._sampled = self.start
         self._stop = threading.Event()

@@ -109,7 +109,7 @@ def start_server(kind: str, run: Path, threads: int, db: str) -> tuple[subproces
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
-            pass
+            pass  # deliberate: the server is still starting; poll again below
         time.sleep(0.5)
     proc.terminate()
     raise SystemExit(f"the {kind} server did not start in 300 s")
@@ -234,13 +234,13 @@ def machine() -> dict[str, Any]:
         info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                                  if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
+        pass  # deliberate: optional machine fact or clean-up; the benchmark runs without it
     try:
         import transformers
 
         info["transformers"] = transformers.__version__
     except ImportError:
-        pass
+        pass  # deliberate: optional machine fact or clean-up; the benchmark runs without it
     return info
 
 

@@ -82,8 +82,8 @@ def training_attention() -> str:
             import flash_attn  # noqa: F401
 
             return "flash_attention_2"
-        except ImportError:  # not installed: the SDPA-per-example path below works on every device
-            pass
+        except ImportError:
+            pass  # deliberate: flash-attn not installed; the SDPA-per-example path below works on every device
     return register_varlen_attention()
 
 

@@ -83,6 +83,22 @@ def _check_data(prepared: Prepared, force: bool, run_dir: Path, accelerator: Acc
     return report
 
 
+def start_run(spec: RunSpec, resume: bool, overwrite: bool, started: float) -> tuple[Accelerator, Path]:
+    """The start every recipe shares: processes checked, seed set, run directory opened, run.json 'running'."""
+    accelerator = Accelerator(gradient_accumulation_steps=spec.training.gradient_accumulation_steps)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and accelerator.num_processes != world:
+        # torchrun started several processes, but each thinks it is alone: they would all write the run.
+        raise RunError(f"{world} processes were launched but accelerate sees {accelerator.num_processes}; "
+                       "on a machine without GPUs set ACCELERATE_USE_CPU=1 (see README, 'More than one machine')")
+    set_seed(spec.training.seed)
+    run_dir = _open_run_dir(spec, resume, overwrite, accelerator)
+    if accelerator.is_main_process:
+        write_json(run_dir / "run.json", {"status": "running", "started": started, "tunelab": __version__,
+                                          "processes": accelerator.num_processes})
+    return accelerator, run_dir
+
+
 def fine_tune(spec: RunSpec, resume: bool = False, force: bool = False, overwrite: bool = False) -> Run:
     """Fine-tune spec.model.base on spec.data and leave a complete run directory behind."""
     methods.check_supported(spec.model.method)  # e.g. QLoRA without CUDA: refused before any work
@@ -91,18 +107,8 @@ def fine_tune(spec: RunSpec, resume: bool = False, force: bool = False, overwrit
 
         return fine_tune_lm(spec, resume=resume, force=force, overwrite=overwrite)
     started = time.time()
-    accelerator = Accelerator(gradient_accumulation_steps=spec.training.gradient_accumulation_steps)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and accelerator.num_processes != world:
-        # torchrun started several processes, but each thinks it is alone: they would all write the run.
-        raise RunError(f"{world} processes were launched but accelerate sees {accelerator.num_processes}; "
-                       "on a machine without GPUs set ACCELERATE_USE_CPU=1 (see README, 'More than one machine')")
-    set_seed(spec.training.seed)
+    accelerator, run_dir = start_run(spec, resume, overwrite, started)
     main = accelerator.is_main_process
-    run_dir = _open_run_dir(spec, resume, overwrite, accelerator)
-    if main:
-        write_json(run_dir / "run.json", {"status": "running", "started": started, "tunelab": __version__,
-                                          "processes": accelerator.num_processes})
 
     # plan: resolve the base model
     base = catalog.resolve(spec.model.base)

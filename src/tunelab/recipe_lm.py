@@ -13,9 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-
 from tunelab import __version__, catalog, methods
 from tunelab.artifacts import atomic_dir, write_json, write_text
 from tunelab.data import DataError
@@ -73,18 +70,13 @@ def compare_lm(base: dict[str, Any], tuned: dict[str, Any], metric: str) -> dict
 
 def fine_tune_lm(spec: RunSpec, resume: bool = False, force: bool = False, overwrite: bool = False) -> Any:
     """Fine-tune a causal LM on chat or completion data and leave a complete run directory."""
-    from tunelab.recipe import Run, _check_data, _open_run_dir
+    from tunelab.recipe import Run, _check_data, start_run
     from tunelab.reports.lm_report import write_lm_report
 
     started = time.time()
     methods.check_supported(spec.model.method)
-    accelerator = Accelerator(gradient_accumulation_steps=spec.training.gradient_accumulation_steps)
-    set_seed(spec.training.seed)
+    accelerator, run_dir = start_run(spec, resume, overwrite, started)
     main = accelerator.is_main_process
-    run_dir = _open_run_dir(spec, resume, overwrite, accelerator)
-    if main:
-        write_json(run_dir / "run.json", {"status": "running", "started": started, "tunelab": __version__,
-                                          "processes": accelerator.num_processes})
 
     # plan: resolve the base model; the tokenizer carries the chat template used in training and later
     base = catalog.resolve(spec.model.base)

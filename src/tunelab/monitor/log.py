@@ -29,24 +29,11 @@ def default_db_url(run: str | Path) -> str:
 
 
 def requests_table(metadata: Any) -> Any:
-    """The `requests` table as the server defines it (for writing fixtures and other loggers)."""
-    from sqlalchemy import Column, Float, Integer, String, Table, Text
+    """The `requests` table exactly as the server defines it (`tunelab.serve.store.REQUESTS`), attached to
+    METADATA, for writing fixtures and for other loggers: one schema, not two copies that can drift apart."""
+    from tunelab.serve.store import REQUESTS
 
-    return Table(TABLE, metadata,
-                 Column("id", Integer, primary_key=True, autoincrement=True),
-                 Column("ts", Float, nullable=False, index=True),
-                 Column("model", String(255), nullable=False, index=True),
-                 Column("route", String(64), nullable=False),
-                 Column("status", Integer, nullable=False),
-                 Column("latency_ms", Float, nullable=False),
-                 Column("input", Text, nullable=True),
-                 Column("input_hash", String(64), nullable=False),
-                 Column("input_tokens", Integer, nullable=True),
-                 Column("output", Text, nullable=True),
-                 Column("label", String(255), nullable=True),
-                 Column("score", Float, nullable=True),
-                 Column("scores", Text, nullable=True),
-                 Column("error", Text, nullable=True))
+    return REQUESTS.to_metadata(metadata)
 
 
 def parse_since(value: str | float | int | None, now: float | None = None) -> float | None:

@@ -181,6 +181,6 @@ def reference_for(run: Path, spec: Any, classifier: Classifier, seed: int = 0, c
     if cache:
         try:
             _save(folder, key, ref)
-        except OSError:  # a read-only run directory still gets its report elsewhere (--out)
-            pass
+        except OSError:
+            pass  # deliberate: a read-only run directory only loses the cache; the report goes to --out
     return ref

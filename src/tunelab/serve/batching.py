@@ -56,7 +56,7 @@ class MicroBatcher:
             try:
                 await self._task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+                pass  # shutting down: the worker's own end (cancelled or failed) was already reported
         if self._queue is not None:
             while not self._queue.empty():
                 entry = self._queue.get_nowait()

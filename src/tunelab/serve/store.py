@@ -52,7 +52,7 @@ REQUESTS = Table(
     Column("input", Text, nullable=True),
     Column("input_hash", String(64), nullable=False),
     Column("input_tokens", Integer, nullable=True),
-    Column("output", Text, nullable=False),
+    Column("output", Text, nullable=True),  # the server always writes it ("null" on errors); readers accept NULL
     Column("label", String(200), nullable=True),
     Column("score", Float, nullable=True),
     Column("scores", Text, nullable=True),
@@ -118,7 +118,7 @@ class RequestStore:
                 try:
                     cur.execute("PRAGMA journal_mode=WAL")
                 except Exception:  # noqa: BLE001 - e.g. :memory:, read-only media: the default journal still works
-                    pass
+                    pass  # deliberate: keep SQLite's default journal
                 cur.close()
         METADATA.create_all(self.engine)
 

@@ -418,7 +418,7 @@ def _hf_image_settings(hf_model: nn.Module, folder: Path | None) -> tuple[int, l
             if size is None and s:
                 size = int(s)
         except (ValueError, TypeError, AttributeError):
-            pass
+            pass  # deliberate: an unreadable preprocessor size falls back to the config's image size below
     if isinstance(size, (list, tuple)):
         size = size[0]
     return int(size or 224), mean, std
