@@ -83,7 +83,9 @@ def serve_main(kind: str, run: Path, port: int, threads: int, db: str) -> None:
     else:
         from tunelab.serve import ServeSettings, create_app
 
-        app = create_app([run], ServeSettings(db=db))
+        runtime = "torch" if kind == "tunelab-torch" else "auto"
+
+        app = create_app([run], ServeSettings(db=db, threads=threads, runtime=runtime))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -246,11 +248,13 @@ def machine() -> dict[str, Any]:
 
 def run_arms(run: Path, model: str, texts: list[str], args: argparse.Namespace, threads: int,
              tmp: str) -> dict[str, Any]:
-    results: dict[str, list[dict[str, Any]]] = {"naive": [], "tunelab": []}
-    agreement, reference = None, []
+    arms = ["naive", "tunelab"] + (["tunelab-torch"] if args.torch_arm else [])
+    results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in arms}
+    agreement: dict[str, float] = {}
+    reference: list[str] = []
     for rnd in range(args.rounds):
-        for kind in ("naive", "tunelab"):
-            db = f"sqlite:///{Path(tmp) / f'requests-{threads}-{rnd}.db'}" if kind == "tunelab" else "none"
+        for kind in arms:
+            db = f"sqlite:///{Path(tmp) / f'requests-{kind}-{threads}-{rnd}.db'}" if kind != "naive" else "none"
             proc, url = start_server(kind, run, threads, db)
             try:
                 if rnd == 0:
@@ -258,12 +262,12 @@ def run_arms(run: Path, model: str, texts: list[str], args: argparse.Namespace, 
                     if kind == "naive":
                         reference = got
                     else:
-                        agreement = sum(a == b for a, b in zip(reference, got)) / len(got)
+                        agreement[kind] = sum(a == b for a, b in zip(reference, got)) / len(got)
                 print(f"torch threads {threads}, round {rnd + 1}: {kind}: {args.concurrency} clients for "
                       f"{args.duration:.0f} s ...", flush=True)
                 result = asyncio.run(load(kind, url, model, texts, args.concurrency, args.duration, args.warmup))
                 result["load_avg_1m_after"] = os.getloadavg()[0]
-                if kind == "tunelab":
+                if kind != "naive":
                     result.update(tunelab_batches(url, model))
                 results[kind].append(result)
                 print(json.dumps(result), flush=True)
@@ -275,12 +279,17 @@ def run_arms(run: Path, model: str, texts: list[str], args: argparse.Namespace, 
         return {**{k: statistics.median([r[k] for r in rows if r[k] is not None]) for k in keys},
                 "errors": sum(r["errors"] for r in rows), "requests": sum(r["requests"] for r in rows)}
 
-    naive, tuned = summary(results["naive"]), summary(results["tunelab"])
-    ratios = [t["throughput_rps"] / n["throughput_rps"] for n, t in zip(results["naive"], results["tunelab"])
-              if n["throughput_rps"]]
-    return {"torch_threads": threads, "naive": naive, "tunelab": tuned,
-            "throughput_speedup": tuned["throughput_rps"] / naive["throughput_rps"] if naive["throughput_rps"] else None,
-            "speedup_per_round": ratios, "label_agreement_first_32": agreement, "rounds_detail": results}
+    out: dict[str, Any] = {"torch_threads": threads, "label_agreement_first_32": agreement, "rounds_detail": results}
+    naive = out["naive"] = summary(results["naive"])
+    for kind in arms[1:]:
+        out[kind] = summary(results[kind])
+        ratios = [t["throughput_rps"] / n["throughput_rps"] for n, t in zip(results["naive"], results[kind])
+                  if n["throughput_rps"]]
+        suffix = "" if kind == "tunelab" else "_" + kind.replace("-", "_")
+        out["throughput_speedup" + suffix] = (out[kind]["throughput_rps"] / naive["throughput_rps"]
+                                              if naive["throughput_rps"] else None)
+        out["speedup_per_round" + suffix] = ratios
+    return out
 
 
 def main() -> None:
@@ -296,7 +305,9 @@ def main() -> None:
                     "OpenMP threads sleep instead of spinning on cores the event loop needs; '' leaves it unset)")
     ap.add_argument("--train-limit", type=int, default=None)
     ap.add_argument("--json-out", type=Path, default=None)
-    ap.add_argument("--serve", choices=("naive", "tunelab"), help=argparse.SUPPRESS)
+    ap.add_argument("--torch-arm", action="store_true", help="also load tunelab serve with --runtime torch (PyTorch "
+                    "instead of ONNX Runtime for the model calls)")
+    ap.add_argument("--serve", choices=("naive", "tunelab", "tunelab-torch"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--db", default="none", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -321,8 +332,7 @@ def main() -> None:
               "omp_wait_policy": args.omp_wait_policy or None, "machine": machine(),
               "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "configs": configs,
               "command": " ".join([Path(sys.executable).name, *sys.argv])}
-    print(json.dumps([{k: c[k] for k in ("torch_threads", "naive", "tunelab", "throughput_speedup",
-                                         "speedup_per_round", "label_agreement_first_32")} for c in configs], indent=2))
+    print(json.dumps([{k: v for k, v in c.items() if k != "rounds_detail"} for c in configs], indent=2))
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -119,6 +119,8 @@ def test_models_list(client: "openai.OpenAI", server: SimpleNamespace) -> None:
     tasks = {m["id"]: (m["task"], m["endpoints"]) for m in extra}
     assert tasks["serve-tc"] == ("text-classification", ["/v1/classify", "/v1/embeddings"])
     assert tasks["serve-completion"] == ("completion", ["/v1/completions"])
+    runtimes = {m["id"]: m.get("runtime") for m in extra}
+    assert runtimes["serve-tc"] == "onnxruntime" and runtimes["serve-img"] == "torch"  # auto: ONNX for text only
     assert client.models.retrieve("serve-img").id == "serve-img"
 
 
@@ -227,6 +229,32 @@ def test_classify_text_matches_tunelab_predict(server: SimpleNamespace) -> None:
     assert body["usage"]["prompt_tokens"] <= 32 * len(long)
     one = _post(server, "/v1/classify", {"model": "serve-tc", "input": texts[0], "top_k": 1}).json()["data"]
     assert len(one) == 1 and list(one[0]["scores"]) == [one[0]["label"]]
+
+
+def test_torch_runtime_gives_the_onnx_answers(server: SimpleNamespace) -> None:
+    """The same run served with --runtime torch answers as the default (ONNX Runtime) server does."""
+    from fastapi.testclient import TestClient
+
+    texts = ["goal match team score coach", "laptop software chip code server", "rain storm sunny", "goal"]
+    onnx_scores = _post(server, "/v1/classify", {"model": "serve-tc", "input": texts}).json()["data"]
+    onnx_emb = _post(server, "/v1/embeddings", {"model": "serve-tc", "input": texts,
+                                               "encoding_format": "float"}).json()["data"]
+    app = create_app([server.runs["serve-tc"]], ServeSettings(db="none", runtime="torch"))
+    with TestClient(app) as local:
+        assert local.get("/v1/models").json()["data"][0]["runtime"] == "torch"
+        torch_scores = local.post("/v1/classify", json={"model": "serve-tc", "input": texts}).json()["data"]
+        torch_emb = local.post("/v1/embeddings", json={"model": "serve-tc", "input": texts,
+                                                       "encoding_format": "float"}).json()["data"]
+    for a, b in zip(onnx_scores, torch_scores):
+        assert a["label"] == b["label"] and a["scores"] == pytest.approx(b["scores"], abs=1e-5)
+    assert np.allclose([d["embedding"] for d in onnx_emb], [d["embedding"] for d in torch_emb], atol=1e-5)
+
+
+def test_runtime_onnx_is_refused_for_image_runs(serve_runs: dict[str, Path]) -> None:
+    from tunelab.recipe import RunError
+
+    with pytest.raises(RunError, match="serves text classifiers on the CPU only"):
+        create_app([serve_runs["serve-img"]], ServeSettings(db="none", runtime="onnx"))
 
 
 def test_encoder_input_cap(server: SimpleNamespace) -> None:

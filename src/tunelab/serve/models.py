@@ -165,6 +165,34 @@ class ClassifierModel(ServedModel):
         self.image_mode = None
         if self.input_kind != "text":
             self.image_mode = "RGB" if self.task.processing.grayscale_to_rgb else "L"
+        self.onnx: Any = None
+        self.runtime, self.runtime_note = "torch", ""
+        self._pick_runtime(model_dir)
+
+    def _pick_runtime(self, model_dir: Path) -> None:
+        """ONNX Runtime for a text classifier on the CPU when its export verifies against PyTorch (see
+        tunelab.onnx_encoder: about twice the throughput); PyTorch otherwise, with the reason kept."""
+        wanted = self.settings.runtime
+        if wanted == "torch":
+            return
+        if self.input_kind != "text" or self.device.type != "cpu":
+            if wanted == "onnx":
+                raise RunError(f"{self.run}: --runtime onnx serves text classifiers on the CPU only "
+                               f"(this run is {self.task_name} on {self.device.type})")
+            return
+        from tunelab.onnx_encoder import ExportError, load_verified
+
+        threads = self.settings.threads or torch.get_num_threads()
+        try:
+            self.onnx, check = load_verified(self.model, model_dir, threads, self.max_length or 512, self.pad_id)
+        except ExportError as err:
+            if wanted == "onnx":
+                raise RunError(f"{self.run}: cannot serve with ONNX Runtime: {err}") from err
+            self.runtime_note = f"ONNX Runtime not used: {err}"
+            logger.warning("%s: %s; serving with PyTorch", self.name, self.runtime_note)
+            return
+        self.runtime, self.runtime_note = "onnxruntime", f"ONNX export {check.describe()}"
+        logger.info("%s: serving with ONNX Runtime (%d threads); %s", self.name, threads, self.runtime_note)
 
     @property
     def needs_text(self) -> bool:
@@ -175,7 +203,8 @@ class ClassifierModel(ServedModel):
         return self.input_kind in ("image", "text+image")
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "labels": self.labels, "multi_label": self.multi_label, "input": self.input_kind}
+        return {**super().describe(), "labels": self.labels, "multi_label": self.multi_label, "input": self.input_kind,
+                "runtime": self.runtime}
 
     # -- event-loop side -------------------------------------------------------------------------------
     def tokenize(self, texts: list[str], cap: int) -> tuple[list[list[int]], list[int]]:
@@ -264,6 +293,8 @@ class ClassifierModel(ServedModel):
         if self.needs_text:
             inputs["input_ids"], mask = _pad_right([it.ids for it in items], self.pad_id)
             inputs["attention_mask"] = mask
+        if self.onnx is not None:
+            return self._forward_onnx(items, inputs["input_ids"].numpy(), mask.numpy(), want_emb)
         if self.needs_image:
             from tunelab.vision.transforms import eval_transform
 
@@ -285,6 +316,18 @@ class ClassifierModel(ServedModel):
         for i, it in enumerate(items):
             results.append(emb[i].astype(np.float32) if it.op == "embed" else scores[i].astype(np.float64))
         return results
+
+    def _forward_onnx(self, items: list[EncoderItem], ids: np.ndarray, mask: np.ndarray, want_emb: bool) -> list[Any]:
+        """The same outputs as the PyTorch path (verified at load), from one GIL-free ONNX Runtime call."""
+        logits, hidden = self.onnx.run(ids, mask, hidden=want_emb)
+        scores = self.task.scores(logits.astype(np.float32, copy=False))
+        emb = None
+        if want_emb:
+            m = mask[..., None].astype(np.float32)
+            pooled = (hidden * m).sum(1) / np.maximum(m.sum(1), 1.0)
+            emb = pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+        return [emb[i].astype(np.float32) if it.op == "embed" else scores[i].astype(np.float64)
+                for i, it in enumerate(items)]
 
     def prediction(self, scores: np.ndarray, top_k: int | None) -> dict[str, Any]:
         ranked = sorted(zip(self.labels, scores.tolist()), key=lambda x: -x[1])

@@ -6,6 +6,9 @@ import os
 from dataclasses import dataclass
 
 
+RUNTIMES = ("auto", "onnx", "torch")
+
+
 @dataclass
 class ServeSettings:
     """What the server allows and how it batches. Every cap is enforced per request with a 4xx, never a 500."""
@@ -24,6 +27,8 @@ class ServeSettings:
     max_image_pixels: int = 25_000_000   # width * height of one decoded image
     timeout_s: float = 60.0              # per request (queue wait included); 504 after it
     max_pending: int = 4096              # queued items per model before 503 (overloaded)
+    runtime: str = "auto"                # text classifiers on the CPU: auto (ONNX Runtime when it verifies), onnx, torch
+    threads: int | None = None           # compute threads per model call (None: torch's current setting)
 
     def __post_init__(self) -> None:
         self.api_keys = tuple(k for k in self.api_keys if k)
@@ -33,6 +38,10 @@ class ServeSettings:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_batch_tokens < 0:
             raise ValueError("max_batch_tokens must be >= 0 (0: never split a batch)")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be at least 1")
         if self.max_wait_ms < 0 or self.timeout_s <= 0:
             raise ValueError("max_wait_ms must be >= 0 and timeout_s > 0")
 
