@@ -24,7 +24,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/tunelab train examples/news/spec.yaml --name demo-bbc --overwrite
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" --durations=25 tests
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow tests
 
 test-fast: $(STAMP)
