@@ -1,14 +1,17 @@
 """Load test: tunelab serve vs a naive one-request-at-a-time server, same model, same texts, same machine.
 
 What: two servers, each in its own process on a free loopback port, are loaded in turn by N concurrent
-clients (httpx.AsyncClient, one request in flight per client, one text per request) for M seconds:
+clients (aiohttp, or httpx with --client httpx; one request in flight per client, one text per request) for M
+seconds:
   naive    FastAPI + uvicorn, a sync endpoint calling transformers.pipeline("text-classification",
            model=<run>/model) behind a threading.Lock (the obvious way to put a model behind HTTP), with the
            run's max_length as truncation, so both servers do the same work per text.
   tunelab  tunelab.serve.create_app([run]) with its defaults (micro-batching up to 16 texts, 5 ms max wait,
-           the SQLite request log on), POST /v1/classify.
-Both use uvicorn's default HTTP stack and the same number of torch threads (--threads; default what
-`tunelab serve` picks: one less than the CPU count, at least 1). The client runs in this process, so it shares
+           the SQLite request log on, the model run by ONNX Runtime after its export is verified against
+           PyTorch), POST /v1/classify.
+  tunelab-torch (with --torch-arm) the same with --runtime torch: what the batching alone buys.
+Both use the HTTP stack uvicorn picks in this environment and the same number of compute threads (--threads;
+default what `tunelab serve` picks: one less than the CPU count, at least 1). The client runs in this process, so it shares
 the machine's cores with the server under test; that cost is the same per request for both arms. The arms
 alternate for --rounds rounds (the load of other jobs drifts) and the medians are reported.
 
@@ -138,14 +141,32 @@ def label_of(kind: str, body: dict) -> str:
 
 
 async def load(kind: str, url: str, model: str, texts: list[str], concurrency: int, duration: float,
-               warmup: float) -> dict[str, Any]:
-    import httpx
-
+               warmup: float, client_lib: str = "aiohttp") -> dict[str, Any]:
     latencies: list[float] = []
     errors: dict[str, int] = {}
     counts = {"ok": 0, "sent": 0}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+    if client_lib == "aiohttp":  # the lighter client (C HTTP parser): less of the shared CPU goes to the load generator
+        import aiohttp
+
+        session: Any = aiohttp.ClientSession(base_url=url, connector=aiohttp.TCPConnector(limit=concurrency),
+                                             timeout=aiohttp.ClientTimeout(total=120))
+        failures: tuple[type[BaseException], ...] = (aiohttp.ClientError, asyncio.TimeoutError)
+
+        async def post(path: str, body: dict) -> int:
+            async with session.post(path, json=body) as r:
+                await r.read()
+                return r.status
+    else:
+        import httpx
+
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        session = httpx.AsyncClient(base_url=url, limits=limits, timeout=120)
+        failures = (httpx.HTTPError,)
+
+        async def post(path: str, body: dict) -> int:
+            return (await session.post(path, json=body)).status_code
+
+    async with session:
         start = time.perf_counter()
         measure_from, stop_at = start + warmup, start + warmup + duration
 
@@ -158,9 +179,9 @@ async def load(kind: str, url: str, model: str, texts: list[str], concurrency: i
                 path, body = request_of(kind, model, rng.choice(texts))
                 t = time.perf_counter()
                 try:
-                    r = await client.post(path, json=body)
-                    ok, why = r.status_code == 200, f"http {r.status_code}"
-                except httpx.HTTPError as err:
+                    status = await post(path, body)
+                    ok, why = status == 200, f"http {status}"
+                except failures as err:
                     ok, why = False, type(err).__name__
                 done = time.perf_counter()
                 if t >= measure_from and done <= stop_at:
@@ -265,7 +286,8 @@ def run_arms(run: Path, model: str, texts: list[str], args: argparse.Namespace, 
                         agreement[kind] = sum(a == b for a, b in zip(reference, got)) / len(got)
                 print(f"torch threads {threads}, round {rnd + 1}: {kind}: {args.concurrency} clients for "
                       f"{args.duration:.0f} s ...", flush=True)
-                result = asyncio.run(load(kind, url, model, texts, args.concurrency, args.duration, args.warmup))
+                result = asyncio.run(load(kind, url, model, texts, args.concurrency, args.duration, args.warmup,
+                                          args.client))
                 result["load_avg_1m_after"] = os.getloadavg()[0]
                 if kind != "naive":
                     result.update(tunelab_batches(url, model))
@@ -305,6 +327,8 @@ def main() -> None:
                     "OpenMP threads sleep instead of spinning on cores the event loop needs; '' leaves it unset)")
     ap.add_argument("--train-limit", type=int, default=None)
     ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp", help="the load generator's HTTP "
+                    "client (aiohttp: lighter on the shared CPU)")
     ap.add_argument("--torch-arm", action="store_true", help="also load tunelab serve with --runtime torch (PyTorch "
                     "instead of ONNX Runtime for the model calls)")
     ap.add_argument("--serve", choices=("naive", "tunelab", "tunelab-torch"), help=argparse.SUPPRESS)
@@ -328,6 +352,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         configs = [run_arms(run, model, texts, args, threads, tmp) for threads in thread_counts]
     report = {"benchmark": "serve", "run": str(run), "model": model, "concurrency": args.concurrency,
+              "client": args.client,
               "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds, "texts": len(texts),
               "omp_wait_policy": args.omp_wait_policy or None, "machine": machine(),
               "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "configs": configs,
