@@ -11,7 +11,7 @@ seconds:
            PyTorch), POST /v1/classify.
   tunelab-torch (with --torch-arm) the same with --runtime torch: what the batching alone buys.
 Both use the HTTP stack uvicorn picks in this environment and the same number of compute threads (--threads;
-default what `tunelab serve` picks: one less than the CPU count, at least 1). The client runs in this process, so it shares
+default what `tunelab serve` picks: the CPUs available). The client runs in this process, so it shares
 the machine's cores with the server under test; that cost is the same per request for both arms. The arms
 alternate for --rounds rounds (the load of other jobs drifts) and the medians are reported.
 
@@ -322,7 +322,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3, help="alternate the arms this many times (load drifts)")
     ap.add_argument("--threads", default=None, help="torch threads in both servers; several as 1,2 (default: what "
-                    "`tunelab serve` picks, one less than the CPU count, at least 1)")
+                    "`tunelab serve` picks: the CPUs available)")
     ap.add_argument("--omp-wait-policy", default="PASSIVE", help="OMP_WAIT_POLICY of both servers (PASSIVE: idle "
                     "OpenMP threads sleep instead of spinning on cores the event loop needs; '' leaves it unset)")
     ap.add_argument("--train-limit", type=int, default=None)

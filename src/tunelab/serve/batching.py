@@ -3,8 +3,10 @@
 Each model has one `MicroBatcher`: an asyncio queue of items (one text, one image, one generation
 request) and a worker task. The worker takes the first waiting item, then keeps taking items until it has
 `max_batch_size` of them or `max_wait_s` has passed since the first, and runs the model function on the
-whole batch in the model's own single thread (torch releases the GIL, so the event loop keeps serving).
-While a batch runs, new items queue up, so under load batches fill without waiting at all.
+whole batch in the model's own thread (torch and ONNX Runtime release the GIL, so the event loop keeps
+serving). While a batch runs, new items queue up, so under load batches fill without waiting at all. With
+``workers`` > 1, that many batches run at once (ONNX Runtime sessions take concurrent calls; one compute
+thread per batch wastes less than one batch split over several threads).
 
 A request with several inputs submits several items; they may be split across batches. A request that
 times out or goes away cancels its futures, and cancelled items are dropped before the model call.
@@ -37,24 +39,26 @@ class MicroBatcher:
 
     def __init__(self, name: str, fn: Callable[[list[Any]], list[Any]], executor: Executor, max_batch_size: int = 16,
                  max_wait_s: float = 0.005, max_pending: int = 4096,
-                 on_batch: Callable[[int, float, list[float]], None] | None = None) -> None:
+                 on_batch: Callable[[int, float, list[float]], None] | None = None, workers: int = 1) -> None:
         self.name, self.fn, self.executor = name, fn, executor
         self.max_batch_size, self.max_wait_s, self.max_pending = max(1, max_batch_size), max(0.0, max_wait_s), max_pending
         self.on_batch = on_batch
         self._queue: asyncio.Queue[_Entry] | None = None
-        self._task: asyncio.Task | None = None
+        self.workers = max(1, workers)  # batches in flight at once (EXECUTOR needs as many threads)
+        self._tasks: list[asyncio.Task] = []
         self.batches = 0
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
         self._queue = asyncio.Queue()
-        self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher-{self.name}")
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._worker(), name=f"batcher-{self.name}-{i}") for i in range(self.workers)]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             try:
-                await self._task
+                await task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass  # shutting down: the worker's own end (cancelled or failed) was already reported
         if self._queue is not None:
@@ -65,7 +69,7 @@ class MicroBatcher:
 
     @property
     def alive(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return any(not task.done() for task in self._tasks)
 
     @property
     def pending(self) -> int:

@@ -22,11 +22,12 @@ def _is_loopback(host: str) -> bool:
 
 
 def default_threads() -> int:
-    """torch threads for serving: one less than the CPUs (at least 1). The event loop (HTTP, JSON, tokenizing)
-    needs a core too; on a 2-core machine two torch threads fight it and stall (see docs/benchmarks.md)."""
+    """Compute threads for serving: the CPUs this process may use. Measured on 2 cores (docs/benchmarks.md),
+    two threads beat one even though the event loop shares the cores, because idle compute threads sleep
+    (OMP_WAIT_POLICY=PASSIVE, ONNX Runtime without spinning) instead of spinning on them."""
     import os
 
-    return max(1, (os.cpu_count() or 1) - 1)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
@@ -64,10 +65,10 @@ def serve(
     max_batch_tokens: int = typer.Option(512, min=0, help="On the CPU, run a text batch in sub-batches of at most "
                                          "this many padded tokens (faster per text: activations stay in cache); "
                                          "0: never split."),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch threads for the model calls. Default: one less "
-                                          "than the CPU count (at least 1), so that a core stays free for HTTP."),
+    threads: Optional[int] = typer.Option(None, min=1, help="Compute threads for the model calls (ONNX Runtime: "
+                                          "that many single-threaded calls at once). Default: the CPUs available."),
     runtime: str = typer.Option("auto", help="How text classifiers run on the CPU: auto (ONNX Runtime when the "
-                                "model's ONNX export gives the same outputs as PyTorch, about twice the throughput; "
+                                "model's ONNX export gives the same outputs as PyTorch; "
                                 "else PyTorch), onnx (required: fail if it cannot be used), torch."),
     log_level: str = typer.Option("info", help="uvicorn log level (debug, info, warning, error)."),
 ) -> None:

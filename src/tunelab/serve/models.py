@@ -2,7 +2,8 @@
 
 Every model is loaded once at start-up from its run directory, safetensors only (a folder that holds its
 weights only as pickle files is refused), with ``trust_remote_code`` never set. Each model owns one
-thread: every forward pass and ``generate`` call for it runs there, one batch at a time. Tokenizers are used
+thread: every forward pass and ``generate`` call for it runs there, one batch at a time (a text classifier
+run by ONNX Runtime owns one thread per compute thread and runs that many batches at once). Tokenizers are used
 only on the event-loop thread (fast tokenizers are not safe to share between threads), so the model
 thread receives token ids and tensors, never text.
 """
@@ -113,7 +114,8 @@ class ServedModel:
         self.name, self.run, self.task_name, self.settings = name, run, task_name, settings
         self.created = int((run / "spec.yaml").stat().st_mtime) if (run / "spec.yaml").is_file() else int(time.time())
         self.routes = ROUTES[task_name]
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self.workers = 1  # model calls in flight at once
+        self.executor: ThreadPoolExecutor | None = None
         self.batcher: MicroBatcher | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -130,15 +132,18 @@ class ServedModel:
                 for w in waits:
                     metrics.queue_wait.labels(self.name).observe(w)
 
+        self.executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"model-{self.name}")
         self.batcher = MicroBatcher(self.name, self.run_batch, self.executor, self.settings.max_batch_size,
-                                    self.settings.max_wait_ms / 1000.0, self.settings.max_pending, on_batch)
+                                    self.settings.max_wait_ms / 1000.0, self.settings.max_pending, on_batch,
+                                    workers=self.workers)
         return self.batcher
 
     def run_batch(self, items: list[Any]) -> list[Any]:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 class ClassifierModel(ServedModel):
@@ -171,7 +176,7 @@ class ClassifierModel(ServedModel):
 
     def _pick_runtime(self, model_dir: Path) -> None:
         """ONNX Runtime for a text classifier on the CPU when its export verifies against PyTorch (see
-        tunelab.onnx_encoder: about twice the throughput); PyTorch otherwise, with the reason kept."""
+        tunelab.onnx_encoder: less CPU per text, no GIL held); PyTorch otherwise, with the reason kept."""
         wanted = self.settings.runtime
         if wanted == "torch":
             return
@@ -184,15 +189,18 @@ class ClassifierModel(ServedModel):
 
         threads = self.settings.threads or torch.get_num_threads()
         try:
-            self.onnx, check = load_verified(self.model, model_dir, threads, self.max_length or 512, self.pad_id)
+            # one compute thread per call and THREADS calls at once: per text, a single-threaded call costs less
+            # CPU than one call spread over several threads (no barriers between them; docs/benchmarks.md)
+            self.onnx, check = load_verified(self.model, model_dir, 1, self.max_length or 512, self.pad_id)
         except ExportError as err:
             if wanted == "onnx":
                 raise RunError(f"{self.run}: cannot serve with ONNX Runtime: {err}") from err
             self.runtime_note = f"ONNX Runtime not used: {err}"
             logger.warning("%s: %s; serving with PyTorch", self.name, self.runtime_note)
             return
+        self.workers = threads
         self.runtime, self.runtime_note = "onnxruntime", f"ONNX export {check.describe()}"
-        logger.info("%s: serving with ONNX Runtime (%d threads); %s", self.name, threads, self.runtime_note)
+        logger.info("%s: serving with ONNX Runtime (%d calls at once); %s", self.name, threads, self.runtime_note)
 
     @property
     def needs_text(self) -> bool:
