@@ -9,6 +9,7 @@ seconds:
   tunelab  tunelab.serve.create_app([run]) with its defaults (micro-batching up to 16 texts, 5 ms max wait,
            the SQLite request log on, the model run by ONNX Runtime after its export is verified against
            PyTorch), POST /v1/classify.
+  tunelab-int8 (with --int8-arm) the same with --quantize int8 (checked on the run's validation texts at start).
   tunelab-torch (with --torch-arm) the same with --runtime torch: what the batching alone buys.
 Both use the HTTP stack uvicorn picks in this environment and the same number of compute threads (--threads;
 default what `tunelab serve` picks: the CPUs available). The client runs in this process, so it shares
@@ -87,8 +88,9 @@ def serve_main(kind: str, run: Path, port: int, threads: int, db: str) -> None:
         from tunelab.serve import ServeSettings, create_app
 
         runtime = "torch" if kind == "tunelab-torch" else "auto"
+        quantize = "int8" if kind == "tunelab-int8" else None
 
-        app = create_app([run], ServeSettings(db=db, threads=threads, runtime=runtime))
+        app = create_app([run], ServeSettings(db=db, threads=threads, runtime=runtime, quantize=quantize))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -269,7 +271,7 @@ def machine() -> dict[str, Any]:
 
 def run_arms(run: Path, model: str, texts: list[str], args: argparse.Namespace, threads: int,
              tmp: str) -> dict[str, Any]:
-    arms = ["naive", "tunelab"] + (["tunelab-torch"] if args.torch_arm else [])
+    arms = ["naive", "tunelab"] + (["tunelab-int8"] if args.int8_arm else []) + (["tunelab-torch"] if args.torch_arm else [])
     results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in arms}
     agreement: dict[str, float] = {}
     reference: list[str] = []
@@ -331,7 +333,8 @@ def main() -> None:
                     "client (aiohttp: lighter on the shared CPU)")
     ap.add_argument("--torch-arm", action="store_true", help="also load tunelab serve with --runtime torch (PyTorch "
                     "instead of ONNX Runtime for the model calls)")
-    ap.add_argument("--serve", choices=("naive", "tunelab", "tunelab-torch"), help=argparse.SUPPRESS)
+    ap.add_argument("--int8-arm", action="store_true", help="also load tunelab serve with --quantize int8")
+    ap.add_argument("--serve", choices=("naive", "tunelab", "tunelab-torch", "tunelab-int8"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--db", default="none", help=argparse.SUPPRESS)
     args = ap.parse_args()

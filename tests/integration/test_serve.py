@@ -250,6 +250,28 @@ def test_torch_runtime_gives_the_onnx_answers(server: SimpleNamespace) -> None:
     assert np.allclose([d["embedding"] for d in onnx_emb], [d["embedding"] for d in torch_emb], atol=1e-5)
 
 
+def test_int8_is_checked_on_held_out_texts(serve_runs: dict[str, Path]) -> None:
+    """--quantize int8 starts only when the int8 model agrees with the float one on the run's validation texts."""
+    from fastapi.testclient import TestClient
+
+    from tunelab.recipe import RunError
+
+    run = serve_runs["serve-tc"]
+    with pytest.raises(RunError, match=r"not close enough to the float one: int8 on \d+ validation texts"):
+        create_app([run], ServeSettings(db="none", quantize="int8", min_int8_agreement=1.01))
+    app = create_app([run], ServeSettings(db="none", quantize="int8", min_int8_agreement=0.0,
+                                          max_int8_metric_drop=1.0))
+    served = app.state.tunelab.models["serve-tc"]
+    check = served.quant_check
+    assert check.split == "validation" and check.texts > 0 and 0.0 <= check.agreement <= 1.0
+    with TestClient(app) as local:
+        model = local.get("/v1/models").json()["data"][0]
+        assert model["runtime"] == "onnxruntime-int8" and "validation texts" in model["runtime_check"]
+        rows = local.post("/v1/classify", json={"model": "serve-tc", "input": ["goal match team", "rain"]}).json()["data"]
+    assert [r["label"] in {"sports", "weather", "tech"} for r in rows] == [True, True]
+    assert all(sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-4) for r in rows)
+
+
 def test_runtime_onnx_is_refused_for_image_runs(serve_runs: dict[str, Path]) -> None:
     from tunelab.recipe import RunError
 

@@ -110,5 +110,24 @@ def test_cli_function_defaults_and_help() -> None:
     for option in ("--host", "--port", "--api-key", "--db", "--no-log-inputs", "--max-batch-size", "--max-wait-ms",
                    "--max-body-bytes", "--max-input-tokens", "--max-tokens", "--max-n", "--timeout-s"):
         assert option in result.output
+    for option in ("--runtime", "--quantize", "--threads"):
+        assert option in result.output
+    for args, complaint in ((["--runtime", "tensorrt"], "'tensorrt' is not one of auto, onnx, torch"),
+                            (["--quantize", "int4"], "the only quantization is int8"),
+                            (["--quantize", "int8", "--runtime", "torch"], "drop --runtime torch")):
+        bad = CliRunner().invoke(app, ["serve", "some-run", *args], env={"COLUMNS": "200"})
+        assert bad.exit_code == 2 and complaint in bad.output, bad.output  # refused before any model loads
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.4")
+
+
+def test_settings_refuse_unknown_runtime_and_quantization() -> None:
+    from tunelab.serve.settings import ServeSettings
+
+    with pytest.raises(ValueError, match="runtime must be one of auto, onnx, torch"):
+        ServeSettings(runtime="gpu")
+    with pytest.raises(ValueError, match="quantize must be 'int8'"):
+        ServeSettings(quantize="fp8")
+    with pytest.raises(ValueError, match="cannot be combined with runtime 'torch'"):
+        ServeSettings(quantize="int8", runtime="torch")
+    assert ServeSettings().runtime == "auto" and ServeSettings().quantize is None

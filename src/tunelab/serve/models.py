@@ -173,16 +173,18 @@ class ClassifierModel(ServedModel):
         self.onnx: Any = None
         self.runtime, self.runtime_note = "torch", ""
         self._pick_runtime(model_dir)
+        if settings.quantize == "int8":
+            self._use_int8(spec)
 
     def _pick_runtime(self, model_dir: Path) -> None:
         """ONNX Runtime for a text classifier on the CPU when its export verifies against PyTorch (see
         tunelab.onnx_encoder: less CPU per text, no GIL held); PyTorch otherwise, with the reason kept."""
-        wanted = self.settings.runtime
+        wanted = "onnx" if self.settings.quantize else self.settings.runtime
         if wanted == "torch":
             return
         if self.input_kind != "text" or self.device.type != "cpu":
             if wanted == "onnx":
-                raise RunError(f"{self.run}: --runtime onnx serves text classifiers on the CPU only "
+                raise RunError(f"{self.run}: ONNX Runtime (--runtime onnx, --quantize) serves text classifiers on the CPU only "
                                f"(this run is {self.task_name} on {self.device.type})")
             return
         from tunelab.onnx_encoder import ExportError, load_verified
@@ -202,6 +204,43 @@ class ClassifierModel(ServedModel):
         self.runtime, self.runtime_note = "onnxruntime", f"ONNX export {check.describe()}"
         logger.info("%s: serving with ONNX Runtime (%d calls at once); %s", self.name, threads, self.runtime_note)
 
+    def _use_int8(self, spec: Any) -> None:
+        """Swap in the int8 twin of the verified float export, but only after it gives the float model's labels
+        on the run's own held-out texts (at least min_int8_agreement of them) and loses at most
+        max_int8_metric_drop of the run's metric; otherwise refuse to start, with the numbers."""
+        from tunelab.data import prepare
+        from tunelab.onnx_encoder import ExportError, OnnxEncoder, check_int8, quantize_int8
+
+        try:
+            prepared = prepare(spec.data, spec.training.seed)
+        except Exception as err:  # noqa: BLE001 - unreadable data: say what int8 needs
+            raise RunError(f"{self.run}: --quantize int8 checks the int8 model on the run's held-out texts, and "
+                           f"its data cannot be read here ({err}); serve without --quantize") from err
+        split = "validation" if len(prepared.splits.get("validation", [])) else "test"
+        ds = prepared.splits.get(split)
+        if ds is None or not len(ds):
+            raise RunError(f"{self.run}: --quantize int8 needs held-out texts to check against; the run has none")
+        texts = [str(t) for t in ds["text"]]
+        ids, _ = self.tokenize(texts, cap=1 << 30)
+        batches = [_pad_right(ids[i:i + 16], self.pad_id) for i in range(0, len(ids), 16)]
+        batches = [(a.numpy(), m.numpy()) for a, m in batches]
+        try:
+            quantized = OnnxEncoder(quantize_int8(self.onnx.path), 1)
+        except ExportError as err:
+            raise RunError(f"{self.run}: {err}") from err
+        metric = spec.evaluation.metric if spec.evaluation.metric != "loss" else "accuracy"
+        check = check_int8(self.onnx, quantized, batches, self.task.truth(ds), self.task.scores, self.task.predict_ids,
+                           self.task.metrics, metric, split)
+        if (check.agreement < self.settings.min_int8_agreement
+                or check.int8_metric < check.float_metric - self.settings.max_int8_metric_drop):
+            raise RunError(f"{self.run}: the int8 model is not close enough to the float one: {check.describe()} "
+                           f"(need >= {self.settings.min_int8_agreement:.0%} agreement and at most "
+                           f"{self.settings.max_int8_metric_drop} lost); serve without --quantize")
+        self.onnx, self.runtime = quantized, "onnxruntime-int8"
+        self.runtime_note = check.describe()
+        self.quant_check = check
+        logger.info("%s: serving the int8 model; %s", self.name, self.runtime_note)
+
     @property
     def needs_text(self) -> bool:
         return self.input_kind in ("text", "text+image")
@@ -212,7 +251,7 @@ class ClassifierModel(ServedModel):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "labels": self.labels, "multi_label": self.multi_label, "input": self.input_kind,
-                "runtime": self.runtime}
+                "runtime": self.runtime, **({"runtime_check": self.runtime_note} if self.runtime_note else {})}
 
     # -- event-loop side -------------------------------------------------------------------------------
     def tokenize(self, texts: list[str], cap: int) -> tuple[list[list[int]], list[int]]:

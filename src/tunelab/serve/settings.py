@@ -29,6 +29,9 @@ class ServeSettings:
     max_pending: int = 4096              # queued items per model before 503 (overloaded)
     runtime: str = "auto"                # text classifiers on the CPU: auto (ONNX Runtime when it verifies), onnx, torch
     threads: int | None = None           # compute threads per model call (None: torch's current setting)
+    quantize: str | None = None          # "int8": ONNX Runtime int8 for text classifiers, checked on held-out texts
+    min_int8_agreement: float = 0.99     # int8 must give the float model's label on this share of held-out texts
+    max_int8_metric_drop: float = 0.01   # ... and lose at most this much of the run's metric
 
     def __post_init__(self) -> None:
         self.api_keys = tuple(k for k in self.api_keys if k)
@@ -40,6 +43,10 @@ class ServeSettings:
             raise ValueError("max_batch_tokens must be >= 0 (0: never split a batch)")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}")
+        if self.quantize not in (None, "int8"):
+            raise ValueError(f"quantize must be 'int8' or unset, not {self.quantize!r}")
+        if self.quantize and self.runtime == "torch":
+            raise ValueError("quantize int8 runs on ONNX Runtime; it cannot be combined with runtime 'torch'")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be at least 1")
         if self.max_wait_ms < 0 or self.timeout_s <= 0:
