@@ -233,14 +233,46 @@ def data_preview(spec: Path = typer.Argument(..., help="A chat or completion run
 
 
 @app.command()
-def export(run: Path = typer.Argument(..., help="A finished chat or completion run directory."),
-           merge: bool = typer.Option(False, "--merge", help="Fold the adapter into the base weights (plain transformers folder)."),
-           out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write it (default RUN/export/merged).")) -> None:
-    """Export a model; the export re-answers the held-out prompts and must match the trained model."""
+def export(run: Path = typer.Argument(..., help="A finished run directory."),
+           merge: bool = typer.Option(False, "--merge", help="Chat/completion runs: fold the adapter into the base "
+                                      "weights (plain transformers folder)."),
+           onnx: bool = typer.Option(False, "--onnx", help="Text classifiers: an ONNX Runtime folder (graph, "
+                                     "tokenizer, labels, verification.json)."),
+           quantize: Optional[str] = typer.Option(None, help="With --onnx: int8 also writes model.int8.onnx, kept "
+                                                  "only if it gives the float model's label on >= 99% of the test "
+                                                  "texts and loses <= 0.01 of the run's metric."),
+           out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write it (default RUN/export/merged "
+                                                  "or RUN/export/onnx).")) -> None:
+    """Export a model, verified: it must reproduce the trained model on held-out data, or it is moved aside (exit 1)."""
+    if merge == onnx:
+        raise typer.BadParameter("say what to export: --merge (chat/completion runs) or --onnx (text classifiers)")
+    if quantize and not onnx:
+        raise typer.BadParameter("--quantize goes with --onnx", param_hint="--quantize")
+    if onnx:
+        from tunelab.export_onnx import ExportMismatch, export_onnx
+
+        try:
+            record = export_onnx(run, out_dir, quantize)
+        except ExportMismatch as e:
+            err.print(f"[bold red]verification failed:[/] {escape(str(e))}", highlight=False)
+            raise typer.Exit(1)
+        held = record["held_out_check"]
+        out.print(f"exported to {record['folder']}: probe batches match PyTorch (max |diff| logits "
+                  f"{record['probe_check']['max_logit_diff']:.1e})", highlight=False)
+        if "skipped" in held:
+            out.print(f"held-out check skipped: {escape(held['skipped'])}", highlight=False)
+        else:
+            out.print(f"{held['texts']} {held['split']} texts: max |diff| logits {held['max_logit_diff']:.1e}, same "
+                      f"label {held['same_label']:.1%}, {held['metric']} {held['onnx']:.4f} (PyTorch "
+                      f"{held['pytorch']:.4f})", highlight=False)
+        if "int8_check" in record:
+            q = record["int8_check"]
+            verdict = "kept as model.int8.onnx" if q["passed"] else f"NOT kept (bar: {q['bar']})"
+            out.print(f"int8: same label {q['agreement']:.1%}, {q['metric']} {q['int8_metric']:.4f} — {verdict}",
+                      highlight=False)
+        return
     from tunelab.lm_use import ParityError, export_merged
 
-    if not merge:
-        raise typer.BadParameter("say what to export: --merge (the adapter is already in RUN/adapter)")
     try:
         parity = export_merged(run, out_dir)
     except ParityError as e:

@@ -31,6 +31,8 @@ import torch
 
 logger = logging.getLogger("tunelab.onnx")
 
+INT8_MIN_AGREEMENT = 0.99   # an int8 model must give the float model's label on this share of held-out texts
+INT8_MAX_METRIC_DROP = 0.01  # ... and lose at most this much of the run's metric
 EXPORT_VERSION = "1"  # bump when the exported graph changes (invalidates cached exports)
 RTOL, ATOL = 1e-3, 1e-4
 
@@ -72,6 +74,13 @@ def weights_key(model_dir: Path) -> str:
     return h.hexdigest()
 
 
+def _readable(path: str) -> None:
+    """mkstemp makes files private (0600); a model file gets the usual permissions (0666 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def export_encoder(model: torch.nn.Module, dest: Path, max_length: int) -> Path:
     """Write MODEL (a transformers sequence classifier) to DEST as ONNX with dynamic batch and sequence
     axes; outputs ``logits`` and ``hidden``. Atomic: DEST appears complete or not at all."""
@@ -96,6 +105,7 @@ def export_encoder(model: torch.nn.Module, dest: Path, max_length: int) -> Path:
                               output_names=["logits", "hidden"], dynamo=True, external_data=False, verbose=False,
                               dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
         onnx.checker.check_model(tmp)
+        _readable(tmp)
         os.replace(tmp, dest)
     except Exception as err:  # noqa: BLE001 - any exporter failure means: serve with PyTorch, say why
         raise ExportError(f"ONNX export failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
@@ -239,6 +249,7 @@ def quantize_int8(fp32_path: Path) -> Path:
     try:
         quiet.setLevel(logging.ERROR)  # "consider pre-processing" advice, printed by quantize_dynamic on the root logger
         quantize_dynamic(str(fp32_path), tmp, weight_type=QuantType.QInt8, per_channel=True)
+        _readable(tmp)
         os.replace(tmp, dest)
     except Exception as err:  # noqa: BLE001 - any quantizer failure: the caller reports it
         raise ExportError(f"int8 quantization failed: {type(err).__name__}: {err}") from err

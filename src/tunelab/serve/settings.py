@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from tunelab.onnx_encoder import INT8_MAX_METRIC_DROP, INT8_MIN_AGREEMENT
+
 
 RUNTIMES = ("auto", "onnx", "torch")
 
@@ -30,8 +32,8 @@ class ServeSettings:
     runtime: str = "auto"                # text classifiers on the CPU: auto (ONNX Runtime when it verifies), onnx, torch
     threads: int | None = None           # compute threads per model call (None: torch's current setting)
     quantize: str | None = None          # "int8": ONNX Runtime int8 for text classifiers, checked on held-out texts
-    min_int8_agreement: float = 0.99     # int8 must give the float model's label on this share of held-out texts
-    max_int8_metric_drop: float = 0.01   # ... and lose at most this much of the run's metric
+    min_int8_agreement: float = INT8_MIN_AGREEMENT    # int8 must give the float model's label this often
+    max_int8_metric_drop: float = INT8_MAX_METRIC_DROP  # ... and lose at most this much of the run's metric
 
     def __post_init__(self) -> None:
         self.api_keys = tuple(k for k in self.api_keys if k)
