@@ -26,7 +26,7 @@ from tunelab.reports.card import model_card
 from tunelab.reports.html import write_report
 from tunelab.spec import RunSpec, dump_spec
 from tunelab.tasks import get_task
-from tunelab.training import TrainState, evaluate_split, fit, predict_logits
+from tunelab.training import TrainState, fit, predict_logits, split_metrics
 
 EVAL_SPLITS = ("validation", "test")
 
@@ -144,7 +144,8 @@ def fine_tune(spec: RunSpec, resume: bool = False, force: bool = False, overwrit
 
     # validate: the best epoch's weights, scored once on test
     batch = spec.training.eval_batch_size
-    fine_tuned = {n: evaluate_split(model, task, encoded[n], truth[n], batch, accelerator, n) for n in EVAL_SPLITS}
+    logits = {n: predict_logits(model, encoded[n], task.collator(), batch, accelerator, n) for n in EVAL_SPLITS}
+    fine_tuned = {n: split_metrics(task, logits[n], truth[n]) for n in EVAL_SPLITS}
     if not main:
         accelerator.wait_for_everyone()
         return Run(run_dir, {}, state, {})
@@ -155,8 +156,7 @@ def fine_tune(spec: RunSpec, resume: bool = False, force: bool = False, overwrit
     comparison = compare(baseline["test"], fine_tuned["test"], spec.evaluation.metric) if baseline else {}
     extras: dict[str, Any] = {}
     if hasattr(task, "report_extras"):  # e.g. misclassified thumbnails, further baselines
-        test_logits = predict_logits(model, encoded["test"], task.collator(), batch, desc="test examples")
-        extras = task.report_extras(model, splits["test"], test_logits)
+        extras = task.report_extras(model, splits["test"], logits["test"])  # the test logits scored above
     _save_model(model, task, run_dir)
     details = {"baseline": baseline, "fine_tuned": fine_tuned, "baseline_method": baseline_method,
                "extra_baselines": extras.get("extra_baselines", {}),

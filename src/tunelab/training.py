@@ -98,7 +98,11 @@ def _epoch_row(epoch: int, losses: list[float], train_true: list, train_pred: li
 def evaluate_split(model: torch.nn.Module, task: Any, encoded: Any, truth: np.ndarray, batch_size: int,
                    accelerator: Accelerator | None = None, desc: str = "validation") -> dict[str, Any]:
     """Task metrics and loss of MODEL on one encoded split."""
-    logits = predict_logits(model, encoded, task.collator(), batch_size, accelerator, desc)
+    return split_metrics(task, predict_logits(model, encoded, task.collator(), batch_size, accelerator, desc), truth)
+
+
+def split_metrics(task: Any, logits: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """Task metrics and loss from a split's logits (callers that need the logits again keep them)."""
     metrics = task.metrics(truth, task.predict_ids(logits))
     metrics["loss"] = task.loss(logits, truth)
     return metrics
