@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.artifacts import atomic_dir, write_json
-from tunelab.onnx_encoder import INT8_MAX_METRIC_DROP, INT8_MIN_AGREEMENT
+from tunelab.onnx_encoder import ATOL, INT8_MAX_METRIC_DROP, INT8_MIN_AGREEMENT, RTOL
 from tunelab.recipe import RunError, load_run_spec
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
@@ -28,20 +28,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 class ExportMismatch(RunError):
     """The export does not reproduce the trained model closely enough; it was moved aside."""
-
-
-def _batches(encoded: Any, pad_id: int, size: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
-    rows = [f["input_ids"] for f in encoded.features]
-    out = []
-    for i in range(0, len(rows), size):
-        chunk = rows[i:i + size]
-        width = max(len(r) for r in chunk)
-        ids = np.full((len(chunk), width), pad_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for j, r in enumerate(chunk):
-            ids[j, :len(r)], mask[j, :len(r)] = r, 1
-        out.append((ids, mask))
-    return out
 
 
 def _held_out(spec: Any) -> tuple[str, Any] | tuple[None, str]:
@@ -65,8 +51,8 @@ def export_onnx(run: str | Path, out_dir: str | Path | None = None, quantize: st
     verification record (also written as verification.json). Raises ExportMismatch when it does not match."""
     from tunelab.evaluate_run import _model_dir
     from tunelab.evaluation import headline
-    from tunelab.onnx_encoder import (ExportError, OnnxEncoder, check_int8, export_encoder, probe_batches,
-                                       quantize_int8, verify)
+    from tunelab.onnx_encoder import (ExportError, OnnxEncoder, check_int8, export_encoder, pad_batches,
+                                       probe_batches, quantize_int8, verify)
     from tunelab.tasks import get_task
     from tunelab.training import predict_logits
 
@@ -109,9 +95,9 @@ def export_onnx(run: str | Path, out_dir: str | Path | None = None, quantize: st
             encoded = task.encode(ds)
             truth = task.truth(ds)
             ref = predict_logits(model, encoded, task.collator(), spec.training.eval_batch_size, desc="pytorch")
-            batches = _batches(encoded, pad_id)
+            batches = pad_batches([f["input_ids"] for f in encoded.features], pad_id)
             got = np.concatenate([encoder.run(ids, mask)[0] for ids, mask in batches])
-            close = bool(np.allclose(got, ref, rtol=1e-3, atol=1e-4))
+            close = bool(np.allclose(got, ref, rtol=RTOL, atol=ATOL))
             same = float(np.mean([np.array_equal(a, b) for a, b in zip(task.predict_ids(ref), task.predict_ids(got))]))
             ref_m, got_m = (headline(task.metrics(truth, task.predict_ids(x))) for x in (ref, got))
             record["held_out_check"] = {"split": split, "texts": len(ds), "max_logit_diff": float(np.abs(got - ref).max()),
@@ -123,8 +109,7 @@ def export_onnx(run: str | Path, out_dir: str | Path | None = None, quantize: st
             if quantize and close:
                 q = OnnxEncoder(quantize_int8(tmp / "model.onnx"), threads)
                 check = check_int8(encoder, q, batches, truth, task.scores, task.predict_ids, task.metrics, metric, split)
-                ok = (check.agreement >= INT8_MIN_AGREEMENT
-                      and check.int8_metric >= check.float_metric - INT8_MAX_METRIC_DROP)
+                ok = check.passes()
                 record["int8_check"] = {**vars(check), "passed": ok, "bar": f"same label >= {INT8_MIN_AGREEMENT:.0%}, "
                                                                            f"{metric} drop <= {INT8_MAX_METRIC_DROP}"}
                 if not ok:

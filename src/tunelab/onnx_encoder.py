@@ -133,6 +133,19 @@ def probe_batches(vocab_size: int, max_length: int, pad_id: int, seed: int = 0) 
     return out
 
 
+def pad_batches(rows: list[list[int]], pad_id: int, size: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(input_ids, attention_mask) batches of SIZE token-id rows, padded on the right: ONNX Runtime's inputs."""
+    out = []
+    for start in range(0, len(rows), size):
+        chunk = rows[start:start + size]
+        ids = np.full((len(chunk), max(len(r) for r in chunk)), pad_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for j, r in enumerate(chunk):
+            ids[j, :len(r)], mask[j, :len(r)] = r, 1
+        out.append((ids, mask))
+    return out
+
+
 @dataclass
 class Verification:
     max_logit_diff: float
@@ -227,6 +240,10 @@ class QuantCheck:
     metric: str
     float_metric: float
     int8_metric: float
+
+    def passes(self, min_agreement: float = INT8_MIN_AGREEMENT, max_drop: float = INT8_MAX_METRIC_DROP) -> bool:
+        """The bar an int8 model must clear to be served or exported."""
+        return self.agreement >= min_agreement and self.int8_metric >= self.float_metric - max_drop
 
     def describe(self) -> str:
         return (f"int8 on {self.texts} {self.split} texts: same label for {self.agreement:.1%}, scores within "

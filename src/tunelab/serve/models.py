@@ -209,7 +209,7 @@ class ClassifierModel(ServedModel):
         on the run's own held-out texts (at least min_int8_agreement of them) and loses at most
         max_int8_metric_drop of the run's metric; otherwise refuse to start, with the numbers."""
         from tunelab.data import prepare
-        from tunelab.onnx_encoder import ExportError, OnnxEncoder, check_int8, quantize_int8
+        from tunelab.onnx_encoder import ExportError, OnnxEncoder, check_int8, pad_batches, quantize_int8
 
         try:
             prepared = prepare(spec.data, spec.training.seed)
@@ -222,8 +222,7 @@ class ClassifierModel(ServedModel):
             raise RunError(f"{self.run}: --quantize int8 needs held-out texts to check against; the run has none")
         texts = [str(t) for t in ds["text"]]
         ids, _ = self.tokenize(texts, cap=1 << 30)
-        batches = [_pad_right(ids[i:i + 16], self.pad_id) for i in range(0, len(ids), 16)]
-        batches = [(a.numpy(), m.numpy()) for a, m in batches]
+        batches = pad_batches(ids, self.pad_id, 16)
         try:
             quantized = OnnxEncoder(quantize_int8(self.onnx.path), 1)
         except ExportError as err:
@@ -231,8 +230,7 @@ class ClassifierModel(ServedModel):
         metric = spec.evaluation.metric if spec.evaluation.metric != "loss" else "accuracy"
         check = check_int8(self.onnx, quantized, batches, self.task.truth(ds), self.task.scores, self.task.predict_ids,
                            self.task.metrics, metric, split)
-        if (check.agreement < self.settings.min_int8_agreement
-                or check.int8_metric < check.float_metric - self.settings.max_int8_metric_drop):
+        if not check.passes(self.settings.min_int8_agreement, self.settings.max_int8_metric_drop):
             raise RunError(f"{self.run}: the int8 model is not close enough to the float one: {check.describe()} "
                            f"(need >= {self.settings.min_int8_agreement:.0%} agreement and at most "
                            f"{self.settings.max_int8_metric_drop} lost); serve without --quantize")
