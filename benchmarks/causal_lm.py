@@ -9,10 +9,10 @@ process (random-init weights: throughput does not depend on them):
              per example); on SDPA transformers then masks the row block-diagonally
   hf_tuned   hf_flat + Liger kernels (`use_liger_kernel`) where liger_kernel imports; without Liger it is
              hf_flat under another name, and is skipped when hf_flat also runs
-  tunelab    tunelab's own loop, `tunelab.training.fit`, on `ChatTask`-encoded features: padding-free
+  tunelab    tunelab's own loop, `tunelab.train.loop.fit`, on `ChatTask`-encoded features: padding-free
              `flatten` batches with cu_seq_lens, `tunelab_varlen` attention (or flash_attention_2 where
              installed: `training_attention()`), `lm_loss` with logits only at trained positions,
-             LoRA from `tunelab.methods.apply`
+             LoRA from `tunelab.train.methods.apply`
 LoRA r=16, alpha 32, dropout 0, all linear layers except lm_head, in every arm; AdamW (fused), lr 2e-4,
 weight decay 0.01 (tunelab's default; HF's default is 0, set to match), grad-norm clip 1.0, linear warmup
 over round(0.1 * total) steps then linear decay (tunelab's schedule; HF given the same warmup_steps).
@@ -300,7 +300,7 @@ def _num(x: Any) -> float:
 # -- data ---------------------------------------------------------------------------------------
 def make_conversations(tokenizer: Any, n: int, plan: dict[str, Any], seed: int) -> tuple[list[dict], list[int]]:
     """N chat conversations whose rendered length follows PLAN; returns (rows, target lengths)."""
-    from tunelab.tasks.chat_format import render_chat
+    from tunelab.lm.chat_format import render_chat
 
     rng = random.Random(seed)
     vocab = tokenizer.get_vocab()
@@ -413,9 +413,8 @@ def run_tunelab(ctx: dict[str, Any]) -> dict[str, Any]:
     import torch
     from accelerate import Accelerator
 
-    from tunelab import methods
-    from tunelab.lm_batching import training_attention
-    from tunelab.training import fit
+    from tunelab.lm.batching import training_attention
+    from tunelab.train.loop import fit
 
     device = ctx["device"]
     task, spec = ctx["task"], ctx["spec"]
@@ -429,12 +428,11 @@ def run_tunelab(ctx: dict[str, Any]) -> dict[str, Any]:
     model.config.pad_token_id = task.tokenizer.pad_token_id
     checksum = weight_checksum(model)
     torch.manual_seed(ctx["seed"] + 1)
-    model = methods.apply(model, spec, task)
+    model = task.apply_method(model, spec)
     records = task.records = []
     run_dir = ctx["tmp"] / "tunelab_run"
     with StepClock(device, ctx["total"], ctx["memory"]) as clock:
-        state = fit(model, task, ctx["encoded"], ctx["encoded"], None, spec, run_dir, Accelerator(),
-                    evaluate=lambda m: {"loss": 0.0})
+        state = fit(model, task, ctx["encoded"], spec, run_dir, Accelerator(), evaluate=lambda m: {"loss": 0.0})
     out = {"attention": attn, "batching": "padding-free (tunelab flatten, cu_seq_lens)", "liger": False,
            "weights_checksum": checksum, "order": "shared",
            "fit_epoch_train_seconds": state.history[0]["train_seconds"], "fit_steps": state.global_step}
@@ -454,7 +452,7 @@ def leak_control(ctx: dict[str, Any], batch_ids: list[int]) -> dict[str, float]:
     judge the loss-agreement tolerance against. Forward only, on the initial weights, tunelab's collator."""
     import torch
 
-    from tunelab.lm_batching import flatten, lm_loss, training_attention
+    from tunelab.lm.batching import flatten, lm_loss, training_attention
 
     model = build_model(ctx["cfg"], training_attention(), ctx["dtype"], ctx["device"], ctx["seed"])
     batch = flatten([ctx["encoded"][i] for i in batch_ids])
@@ -553,7 +551,7 @@ def main() -> int:
     from transformers import LlamaConfig
 
     from tunelab import catalog
-    from tunelab.lm_batching import BinBatchSampler
+    from tunelab.lm.batching import BinBatchSampler
     from tunelab.spec import parse_spec
     from tunelab.tasks.causal_lm import ChatTask
 
@@ -588,12 +586,12 @@ def main() -> int:
 
         records: list[dict[str, Any]] = []
 
-        def step_loss(self, model: Any, batch: dict[str, Any]) -> Any:
+        def training_step(self, model: Any, batch: dict[str, Any]) -> Any:
             rec = record_batch(batch)
-            loss, n = super().step_loss(model, batch)
+            loss, tracked = super().training_step(model, batch)
             rec["loss"] = loss.detach()
             self.records.append(rec)
-            return loss, n
+            return loss, tracked
 
     # tokenizer and data: the SmolLM2 tokenizer and ChatML template, through tunelab's chat encoding
     total = plan["warmup"] + plan["steps"]

@@ -89,7 +89,7 @@ def near_recall(a: Any, pairs: np.ndarray, n: int) -> dict[str, float]:
     """Of the injected near-copies whose exact word-bigram Jaccard reaches the threshold, the share the
     analysis put in one cluster with their original (not timed)."""
     from tunelab.data import dedup
-    from tunelab.data.checks_dedup import PARAMS
+    from tunelab.data.checks.dedup import PARAMS
 
     rows = np.concatenate([ds.with_format("arrow")["row"].to_numpy() for ds in a.splits])
     where = np.empty(n, dtype=np.int64)
@@ -105,7 +105,7 @@ def near_recall(a: Any, pairs: np.ndarray, n: int) -> dict[str, float]:
 
 def worker(n: int) -> dict[str, Any]:
     """Generate N texts, run the checks once, and return the timings, counts and memory."""
-    import tunelab.data.checks_dedup as cd
+    import tunelab.data.checks.dedup as cd
     from tunelab.data import dedup
     from tunelab.data.doctor import CHECKS as REGISTRY
     from tunelab.data.doctor import DoctorContext

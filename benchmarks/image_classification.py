@@ -12,7 +12,7 @@ fused AdamW) and seed:
            BatchNorm: tunelab keeps a pre-trained CNN's BatchNorm statistics fixed while fine-tuning
            (`freeze_batchnorm_stats`); the HF arm's EfficientNet does the same by default, so both arms
            train the same computation (--hf-batchnorm train gives it ordinary BatchNorm instead).
-  tunelab  tunelab.recipe.fine_tune with the same settings (1 epoch over exactly the same training rows, so
+  tunelab  tunelab.recipes.fine_tune with the same settings (1 epoch over exactly the same training rows, so
            the same number of steps; baseline off). Its PixelCollator decodes, crops (Pillow), then flips and
            colour-jitters the stacked batch with kornia, in the main process (the training DataLoader has no
            workers). It also scores a validation split after the epoch, which the HF arm does not have.
@@ -184,8 +184,8 @@ def tunelab_train_collator(labels: list[str], size: int, augment: str, seed: int
     from tunelab.vision.transforms import ImageProcessing
 
     task = ImageClassification(labels, image_size=size, augment=augment, seed=seed)
-    task.processing = ImageProcessing.for_crop(size)
-    return task.train_collator()
+    task.images.processing = ImageProcessing.for_crop(size)
+    return task.images.train_collator()
 
 
 def tunelab_batchnorm(base: str, labels: list[str], size: int) -> str:
@@ -379,7 +379,7 @@ def run_tunelab(a: argparse.Namespace, arm: str, csvs: dict[str, str], labels: l
     import torch
     from accelerate.state import AcceleratorState
 
-    import tunelab.recipe as recipe
+    import tunelab.recipes as recipe
     from tunelab.spec import parse_spec
 
     base = "efficientnet-lite0" if a.shape == "efficientnet-lite0" else str(folder)

@@ -79,7 +79,7 @@ def serve_main(kind: str, run: Path, port: int, threads: int, db: str) -> None:
     import uvicorn
 
     torch.set_num_threads(threads)
-    from tunelab.recipe import load_run_spec
+    from tunelab.run import load_run_spec
 
     max_length = load_run_spec(run).data.max_length
     if kind == "naive":
@@ -229,7 +229,7 @@ def tunelab_batches(url: str, model: str) -> dict[str, float]:
 def ensure_run(run: Path, train_limit: int | None) -> Path:
     if (run / "model" / "config.json").is_file():
         return run
-    from tunelab.recipe import fine_tune
+    from tunelab.recipes import fine_tune
     from tunelab.spec import load_spec
 
     print(f"{run} not found: training it from examples/news/spec.yaml"

@@ -4,7 +4,7 @@ What: four arms on the same model, rows, epochs, batch size 16, lr 5e-5, 10% war
   hf_tutorial        HF Trainer, every example padded to 512 tokens (the common tutorial recipe)
   hf_tuned           HF Trainer, DataCollatorWithPadding + group-by-length sampling (a well-tuned HF user)
   hf_dynamic_random  HF Trainer, DataCollatorWithPadding, random order
-  tunelab            tunelab.recipe.fine_tune: dynamic padding + length-mixed batches, validation each epoch
+  tunelab            tunelab.recipes.fine_tune: dynamic padding + length-mixed batches, validation each epoch
 Why: to show the speed of dynamic padding without the quality loss that plain length grouping can cause
 when length follows the label (see /work/shared/bench/README.md), measured over several seeds.
 
@@ -127,7 +127,7 @@ def run_hf(arm: str, model_dir: str, train: list, test: list, labels: list[str],
 
 
 def run_tunelab(train_csv: str, val_csv: str, test_csv: str, seed: int, epochs: int, tmp: Path) -> dict[str, Any]:
-    import tunelab.recipe as recipe
+    import tunelab.recipes as recipe
     from tunelab.spec import parse_spec
 
     spec = parse_spec({

@@ -1,3 +1,51 @@
-"""tunelab: fine-tune pre-trained models for your own task, with evidence."""
+"""tunelab: fine-tune pre-trained models for your own task, with evidence.
+
+The Python API, in the order of the lifecycle::
+
+    from tunelab import load_spec, fine_tune, load_run, predict
+
+    spec = load_spec("examples/news/spec.yaml")
+    run = fine_tune(spec)                    # writes runs/<name>/
+    model = load_run(run.dir)                # a RunDir
+    predict(model, texts=["Shares rose after the results."])
+
+Importing `tunelab` is cheap: each name loads its module on first use (PEP 562), so neither
+`import tunelab` nor the `tunelab` command pays for torch until something needs it.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+__all__ = ["fine_tune", "load_spec", "RunDir", "load_run", "predict"]
+
+# public name -> module that defines it
+_LAZY = {
+    "fine_tune": "tunelab.recipes",
+    "load_spec": "tunelab.spec",
+    "RunDir": "tunelab.run",
+    "load_run": "tunelab.api",
+    "predict": "tunelab.api",
+}
+
+if TYPE_CHECKING:
+    from tunelab.api import load_run, predict
+    from tunelab.recipes import fine_tune
+    from tunelab.run import RunDir
+    from tunelab.spec import load_spec
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tunelab' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -69,7 +69,7 @@ def converted_gguf(gguf_file: Path, dest: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    from tunelab.artifacts import atomic_dir
+    from tunelab.run.files import atomic_dir
 
     print(f"converting {gguf_file.name} to a Hugging Face folder in {dest} (once, about 30 s)", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)

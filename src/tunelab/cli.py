@@ -19,16 +19,32 @@ err = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 
+# The errors a user can fix (bad spec, data, run directory, model name...): printed as one line, exit code 2.
+# Named by module, not imported: some live in heavy modules (tunelab.data.sources pulls in datasets and
+# pandas, tunelab.train.methods pulls in torch), and importing them here would make `tunelab --help` and a
+# spec typo wait for torch. An instance of a class can only exist once its module is imported, so looking
+# the classes up in sys.modules after the fact finds every one that can have been raised.
+USER_ERRORS = (
+    ("tunelab.spec", "SpecError"),
+    ("tunelab.data.sources", "DataError"),
+    ("tunelab.run.layout", "RunError"),
+    ("tunelab.catalog", "ModelNotFound"),
+    ("tunelab.train.methods", "MethodUnavailable"),
+    ("tunelab.lm.chat_format", "TemplateError"),
+    # the public re-exports too, so that a class moving between modules is still caught
+    ("tunelab.data", "DataError"),
+    ("tunelab.run", "RunError"),
+)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from tunelab.catalog import ModelNotFound
-    from tunelab.data import DataError
-    from tunelab.recipe import RunError
-    from tunelab.spec import SpecError
-
-    from tunelab.methods import MethodUnavailable
-    from tunelab.tasks.chat_format import TemplateError
-
-    return SpecError, DataError, RunError, ModelNotFound, MethodUnavailable, TemplateError
+    """The user-error classes among the modules imported so far (never imports anything)."""
+    found = []
+    for module_name, class_name in USER_ERRORS:
+        cls = getattr(sys.modules.get(module_name), class_name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            found.append(cls)
+    return tuple(found)
 
 
 LOWER_IS_BETTER = ("loss", "perplexity")
@@ -58,12 +74,13 @@ def train(spec: Path = typer.Argument(..., help="Run spec (YAML)."),
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
           force: bool = typer.Option(False, "--force", help="Train despite data errors (recorded in the report).")) -> None:
     """Fine-tune the base model on the spec's data; write runs/<name>/."""
-    from tunelab.recipe import fine_tune
     from tunelab.spec import load_spec
 
-    run_spec = load_spec(spec)
+    run_spec = load_spec(spec)  # light (pydantic + yaml): a typo is reported before torch is imported
     if name:
         run_spec.name = name
+    from tunelab.recipes import fine_tune
+
     run = fine_tune(run_spec, resume=resume, force=force, overwrite=overwrite)
     if not run.metrics:  # not the main process
         return
@@ -82,7 +99,7 @@ def evaluate(run: Path = typer.Argument(..., help="Run directory."),
              data: Optional[str] = typer.Option(None, help="Score this file instead of the run's validation/test splits."),
              baseline: bool = typer.Option(True, help="Also score the untuned base model on the same examples.")) -> None:
     """Score a finished run on its held-out splits, or on new data, beside the untuned baseline."""
-    from tunelab.evaluate_run import evaluate_run
+    from tunelab.evaluate.run import evaluate_run
 
     metrics = evaluate_run(run, data, baseline)
     out.print(_summary_table(metrics))
@@ -98,7 +115,7 @@ def predict(run: Path = typer.Argument(..., help="Run directory (or a model fold
             text_column: str = typer.Option("text", help="Text column of --file tables."),
             top_k: int = typer.Option(3, help="Scores to list per text.")) -> None:
     """Predict labels; prints one JSON object per input (JSON lines)."""
-    from tunelab.evaluate_run import predict_inputs, read_texts
+    from tunelab.evaluate.predict import predict_inputs, read_texts
 
     if image:
         rows = predict_inputs(run, list(text) if text else None, list(image), top_k)
@@ -111,12 +128,14 @@ def predict(run: Path = typer.Argument(..., help="Run directory (or a model fold
 
 
 @app.command()
-def init(task: str = typer.Argument("text-classification", help="Task to write a spec for."),
+def init(task: Optional[str] = typer.Argument(None, help="Task to write a spec for (default: the first task, text "
+                                             "classification; an unknown name lists them all)."),
          output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write here instead of stdout.")) -> None:
-    """Write a commented spec for TASK, generated from the schema."""
+    """Write a commented spec for TASK, generated from that task's schema: only the keys it accepts."""
     from tunelab.spec import template
+    from tunelab.tasks import TASKS
 
-    text = template(task)
+    text = template(task or next(iter(TASKS)))
     if output is None:
         sys.stdout.write(text)
         return
@@ -201,35 +220,31 @@ def data_preview(spec: Path = typer.Argument(..., help="A chat or completion run
                  ) -> None:
     """Show training examples as the model will see them: the rendered template, with the tokens that
     carry the loss marked, and token counts."""
-    from tunelab import catalog
-    from tunelab.data.lm_data import prepare_chat, prepare_completion
-    from tunelab.recipe_lm import build_task
     from tunelab.spec import load_spec
-    from tunelab.tasks.chat_format import preview, render_chat, render_text
 
     run_spec = load_spec(spec)
     if not run_spec.generative:
         raise typer.BadParameter(f"{spec}: a {run_spec.task} spec; preview shows chat and completion data")
-    task = build_task(run_spec)
-    tokenizer = task.load_tokenizer(catalog.resolve(run_spec.model.base))
-    prepare = prepare_chat if run_spec.task == "chat" else prepare_completion
-    prepared = prepare(run_spec.data, run_spec.training.seed, force=True, tokenizer=tokenizer)
+    from tunelab import catalog
+    from tunelab.lm.chat_format import preview
+    from tunelab.tasks import get_task
+
+    task_cls = get_task(run_spec.task)
+    task = task_cls.from_spec(run_spec)
+    base = catalog.resolve(run_spec.model.base)
+    tokenizer = task.load_tokenizer(base)
+    prepared = task_cls.prepare_data(run_spec, base, True, tokenizer=tokenizer)
     train = prepared.splits["train"]
-    total = 0
     for i in range(min(n, len(train))):
         row = train[i]
-        if run_spec.task == "chat":
-            rendered = render_chat(tokenizer, row["messages"], run_spec.data.train_on, run_spec.data.max_length)
-        else:
-            rendered = render_text(tokenizer, row["text"], run_spec.data.max_length)
-        total += rendered.trained_tokens
+        rendered = task.preview(tokenizer, row, run_spec)
         out.rule(f"example {i + 1} · {escape(row['location'])}")
         if color:
             out.print(preview(tokenizer, rendered, color=True), highlight=False)
         else:
             sys.stdout.write(preview(tokenizer, rendered, color=False) + "\n")
-    out.print(f"{len(train)} training examples; loss on: "
-              f"{run_spec.data.train_on if run_spec.task == 'chat' else 'every token'}; max_length {run_spec.data.max_length}")
+    out.print(f"{len(train)} training examples; loss on: {task.describe_loss(run_spec)}; "
+              f"max_length {run_spec.data.max_length}")
 
 
 @app.command()
@@ -249,7 +264,7 @@ def export(run: Path = typer.Argument(..., help="A finished run directory."),
     if quantize and not onnx:
         raise typer.BadParameter("--quantize goes with --onnx", param_hint="--quantize")
     if onnx:
-        from tunelab.export_onnx import ExportMismatch, export_onnx
+        from tunelab.export.onnx import ExportMismatch, export_onnx
 
         try:
             record = export_onnx(run, out_dir, quantize)
@@ -271,7 +286,7 @@ def export(run: Path = typer.Argument(..., help="A finished run directory."),
             out.print(f"int8: same label {q['agreement']:.1%}, {q['metric']} {q['int8_metric']:.4f} — {verdict}",
                       highlight=False)
         return
-    from tunelab.lm_use import ParityError, export_merged
+    from tunelab.export.merge import ParityError, export_merged
 
     try:
         parity = export_merged(run, out_dir)
@@ -290,8 +305,8 @@ def generate(run: Path = typer.Argument(..., help="A chat or completion run dire
              max_new_tokens: int = typer.Option(128, help="Longest answer in tokens."),
              temperature: float = typer.Option(0.0, help="0 = greedy; above 0 samples.")) -> None:
     """Answer prompts with the fine-tuned model; one JSON object per prompt (JSON lines)."""
-    from tunelab.evaluate_run import read_texts
-    from tunelab.lm_use import generate as run_generate
+    from tunelab.evaluate.predict import read_texts
+    from tunelab.lm.use import generate as run_generate
 
     if bool(prompt) == bool(file):
         raise typer.BadParameter("give either --prompt (one or more) or --file")
@@ -306,8 +321,8 @@ def chat(run: Path = typer.Argument(..., help="A chat run directory."),
          max_new_tokens: int = typer.Option(256, help="Longest answer in tokens."),
          temperature: float = typer.Option(0.0, help="0 = greedy; above 0 samples.")) -> None:
     """Talk to the fine-tuned model. /reset clears the history, /exit (or Ctrl-D) quits."""
-    from tunelab.generation import generate_texts
-    from tunelab.lm_use import load_generator, task_for
+    from tunelab.lm.generation import generate_texts
+    from tunelab.lm.use import load_generator, task_for
 
     model, tokenizer = load_generator(run)
     task = task_for(run, tokenizer)
@@ -361,7 +376,9 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         app()
-    except _user_errors() as e:
+    except Exception as e:  # click's normal exit is SystemExit, which passes through untouched
+        if not isinstance(e, _user_errors()):
+            raise
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(2)
 

@@ -97,7 +97,7 @@ def test_ddp_model_reloads_with_plain_pipeline(ddp_run) -> None:
     from transformers import pipeline
 
     from tunelab.data import prepare
-    from tunelab.recipe import load_run_spec
+    from tunelab.run import load_run_spec
 
     run = runs / "ddp"
     clf = pipeline("text-classification", model=str(run / "model"), device="cpu")

@@ -26,7 +26,7 @@ def test_export_folder_reproduces_predict(clf_run: Path, tmp_path: Path) -> None
     import onnxruntime as ort
     from transformers import AutoTokenizer
 
-    from tunelab.evaluate_run import predict_inputs
+    from tunelab.evaluate.predict import predict_inputs
 
     out = tmp_path / "onnx"
     done = tunelab("export", str(clf_run), "--onnx", "--quantize", "int8", "--out", str(out))
@@ -57,8 +57,8 @@ def test_export_folder_reproduces_predict(clf_run: Path, tmp_path: Path) -> None
 def test_an_export_that_differs_is_not_written(clf_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fault injection: the exporter writes a graph of slightly different weights (as a buggy exporter
     would); the probe check catches it, nothing is left in the output folder."""
-    from tunelab import onnx_encoder
-    from tunelab.export_onnx import ExportMismatch, export_onnx
+    from tunelab.export import onnx_encoder
+    from tunelab.export.onnx import ExportMismatch, export_onnx
 
     real = onnx_encoder.export_encoder
 

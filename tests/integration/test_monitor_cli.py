@@ -22,7 +22,7 @@ from tunelab.data import DataError, read_source  # noqa: E402
 from tunelab.monitor.cli import monitor  # noqa: E402
 from tunelab.monitor.log import default_db_url, requests_table  # noqa: E402
 from tunelab.monitor.report import monitor_run  # noqa: E402
-from tunelab.recipe import RunError  # noqa: E402
+from tunelab.run import RunError  # noqa: E402
 from tunelab.spec import load_spec  # noqa: E402
 
 DRIFT = {"input_length", "oov_rate", "embedding_drift", "label_shift", "confidence_drop"}
@@ -44,7 +44,7 @@ def write_log(path: Path, rows: list[dict]) -> str:
 
 def served(run: Path, texts: list[str], start: float, log_inputs: bool = True) -> list[dict]:
     """Rows as the server would log them: the run's own predictions on TEXTS."""
-    from tunelab.evaluate_run import predict_texts
+    from tunelab.evaluate.predict import predict_texts
 
     rng = random.Random(0)
     rows = []
@@ -71,7 +71,7 @@ def shifted_rows(name: str, n: int, start: float) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def mon(tiny_assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from tunelab.recipe import fine_tune
+    from tunelab.recipes import fine_tune
     from tunelab.spec import parse_spec
 
     root = tmp_path_factory.mktemp("monitor")
@@ -217,7 +217,7 @@ def test_registered_cli_exit_codes(mon: dict, tmp_path: Path) -> None:
 def test_log_written_by_the_server_store(mon: dict, tmp_path: Path) -> None:
     """The server's own writer (tunelab.serve.store), single and multi-input classify requests."""
     store_mod = pytest.importorskip("tunelab.serve.store")
-    from tunelab.evaluate_run import predict_texts
+    from tunelab.evaluate.predict import predict_texts
 
     url = f"sqlite:///{tmp_path / 'store.db'}"
     store = store_mod.RequestStore(url)

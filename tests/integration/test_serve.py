@@ -25,7 +25,7 @@ import pytest
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
-from tunelab.recipe import fine_tune  # noqa: E402
+from tunelab.recipes import fine_tune  # noqa: E402
 from tunelab.serve import ServeSettings, create_app  # noqa: E402
 from tunelab.spec import parse_spec  # noqa: E402
 
@@ -142,7 +142,7 @@ def test_chat_completion(client: "openai.OpenAI") -> None:
 
 def test_chat_prompt_is_the_runs_template(server: SimpleNamespace) -> None:
     """The server renders with the run's saved chat template, exactly as `tunelab generate` does."""
-    from tunelab.lm_use import load_generator, task_for
+    from tunelab.lm.use import load_generator, task_for
 
     model = server.state.models["serve-chat"]
     _, tokenizer = load_generator(server.runs["serve-chat"])
@@ -209,7 +209,7 @@ def test_embeddings(client: "openai.OpenAI", server: SimpleNamespace) -> None:
 
 
 def test_classify_text_matches_tunelab_predict(server: SimpleNamespace) -> None:
-    from tunelab.evaluate_run import predict_inputs
+    from tunelab.evaluate.predict import predict_inputs
 
     texts = ["goal match team score coach", "laptop software chip code server", "rain storm sunny"]
     body = _post(server, "/v1/classify", {"model": "serve-tc", "input": texts}).json()
@@ -254,7 +254,7 @@ def test_int8_is_checked_on_held_out_texts(serve_runs: dict[str, Path]) -> None:
     """--quantize int8 starts only when the int8 model agrees with the float one on the run's validation texts."""
     from fastapi.testclient import TestClient
 
-    from tunelab.recipe import RunError
+    from tunelab.run import RunError
 
     run = serve_runs["serve-tc"]
     with pytest.raises(RunError, match=r"not close enough to the float one: int8 on \d+ validation texts"):
@@ -273,7 +273,7 @@ def test_int8_is_checked_on_held_out_texts(serve_runs: dict[str, Path]) -> None:
 
 
 def test_runtime_onnx_is_refused_for_image_runs(serve_runs: dict[str, Path]) -> None:
-    from tunelab.recipe import RunError
+    from tunelab.run import RunError
 
     with pytest.raises(RunError, match="serves text classifiers on the CPU only"):
         create_app([serve_runs["serve-img"]], ServeSettings(db="none", runtime="onnx"))
@@ -290,7 +290,7 @@ def test_encoder_input_cap(server: SimpleNamespace) -> None:
 
 
 def test_classify_images_and_pairs(server: SimpleNamespace, tiny_images: dict) -> None:
-    from tunelab.evaluate_run import predict_inputs
+    from tunelab.evaluate.predict import predict_inputs
 
     paths = [tiny_images["fresh"]["red"][0], tiny_images["fresh"]["blue"][1]]
     body = _post(server, "/v1/classify", {"model": "serve-img", "images": [_b64(p) for p in paths]}).json()

@@ -11,8 +11,8 @@ from typing import Any, Callable
 
 import pytest
 
-from tunelab.evaluate_run import predict_texts
-from tunelab.recipe import fine_tune
+from tunelab.evaluate.predict import predict_texts
+from tunelab.recipes import fine_tune
 from tunelab.spec import parse_spec
 from tunelab.tasks import TASKS
 
@@ -57,7 +57,8 @@ def _generative_check(prompt: str, expected_word: str) -> Callable:
     """Beats the base on held-out loss; the merged export reproduces the recorded answers; generate works."""
 
     def check(run: Any) -> None:
-        from tunelab.lm_use import export_merged, generate
+        from tunelab.export.merge import export_merged
+        from tunelab.lm.use import generate
 
         assert (run.dir / "adapter" / "adapter_config.json").is_file()
         ft, base = run.metrics["fine_tuned"]["test"], run.metrics["baseline"]["test"]
@@ -86,7 +87,8 @@ def completion_case(assets: dict, llm: dict, images: dict, tmp_path: Path) -> tu
             "evaluation": {"generation": {"prompts": 4, "max_new_tokens": 8}}, "output": {"dir": str(tmp_path)}}
 
     def check(run: Any) -> None:
-        from tunelab.lm_use import export_merged, generate
+        from tunelab.export.merge import export_merged
+        from tunelab.lm.use import generate
 
         assert (run.dir / "model" / "config.json").is_file()  # full fine-tuning: a plain folder already
         ft, base = run.metrics["fine_tuned"]["test"], run.metrics["baseline"]["test"]
@@ -106,7 +108,7 @@ def image_case(assets: dict, llm: dict, images: dict, tmp_path: Path) -> tuple[d
             "output": {"dir": str(tmp_path)}}
 
     def check(run: Any) -> None:
-        from tunelab.evaluate_run import predict_inputs
+        from tunelab.evaluate.predict import predict_inputs
         from tunelab.vision.models import load_image_model
 
         model_dir = run.dir / "model"
@@ -131,7 +133,7 @@ def text_image_case(assets: dict, llm: dict, images: dict, tmp_path: Path) -> tu
             "output": {"dir": str(tmp_path)}}
 
     def check(run: Any) -> None:
-        from tunelab.evaluate_run import predict_inputs
+        from tunelab.evaluate.predict import predict_inputs
 
         ft = run.metrics["fine_tuned"]["test"]
         assert ft["accuracy"] >= 0.8, ft

@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunelab import artifacts
-from tunelab.artifacts import atomic_dir, checkpoint_path, load_checkpoint, save_checkpoint, write_text
+from tunelab.train import checkpoints as artifacts
+from tunelab.run.files import atomic_dir, write_text
+from tunelab.train.checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
 
 
 def tiny_model() -> torch.nn.Module:

@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from chat_helpers import END_MARKERS, TEMPLATES, make_tiny_llama, make_tiny_tokenizer  # noqa: E402
 
-from tunelab.tasks.chat_format import (  # noqa: E402
+from tunelab.lm.chat_format import (  # noqa: E402
     BUILTIN_TEMPLATES,
     IGNORE_INDEX,
     Rendered,

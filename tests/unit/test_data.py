@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tunelab.data import DataError, prepare, read_source
-from tunelab.spec import DataSpec
+from tunelab.tasks.sections import LabelledTextData as DataSpec
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import tunelab.data.checks_chat
-from tunelab.data.checks_chat import CHAT_CHECKS, read_records
+import tunelab.data.checks.chat
+from tunelab.data.checks.chat import CHAT_CHECKS, read_records
 from tunelab.data.doctor import CHECKS, DoctorContext, Finding
 
 GOOD = [
@@ -52,7 +52,7 @@ def run_chat(records: dict[str, list[tuple[str, dict[str, Any]]]], **kw: Any) ->
 
 
 def test_module_registers_its_checks() -> None:
-    assert tunelab.data.checks_chat.__name__ in CHECKS["chat-unknown-role"][1].__module__
+    assert tunelab.data.checks.chat.__name__ in CHECKS["chat-unknown-role"][1].__module__
     assert all(name in CHECKS for name in CHAT_CHECKS)
 
 

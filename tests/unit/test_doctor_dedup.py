@@ -7,7 +7,7 @@ import datasets
 import numpy as np
 import pytest
 
-import tunelab.data.checks_dedup  # noqa: F401  (registers the checks)
+import tunelab.data.checks.dedup  # noqa: F401  (registers the checks)
 from tunelab.data import dedup
 from tunelab.data.doctor import CHECKS, DoctorContext, Finding
 
@@ -153,7 +153,7 @@ def test_amazon_reviews_duplicates_and_leakage() -> None:
 def test_analysis_is_shared_and_released() -> None:
     import gc
 
-    from tunelab.data import checks_dedup
+    from tunelab.data.checks import dedup as checks_dedup
 
     ctx = DoctorContext(splits={"train": split(["a b", "a b"])}, labels=["pos"])
     first = checks_dedup.analyse(ctx)

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
-import tunelab.data.checks_images
-from tunelab.data.checks_images import sniff
+import tunelab.data.checks.images
+from tunelab.data.checks.images import sniff
 from tunelab.data.doctor import CHECKS, DoctorContext, Finding
 
-IMAGE_CHECKS = [name for name, (_, fn) in CHECKS.items() if fn.__module__ == tunelab.data.checks_images.__name__]
+IMAGE_CHECKS = [name for name, (_, fn) in CHECKS.items() if fn.__module__ == tunelab.data.checks.images.__name__]
 HYMENOPTERA = Path("/work/shared/datasets/images_hymenoptera/hymenoptera_data")
 
 

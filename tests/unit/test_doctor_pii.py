@@ -4,8 +4,8 @@ import datasets
 import pyarrow as pa
 import pytest
 
-import tunelab.data.checks_pii  # noqa: F401  (registers the check)
-from tunelab.data.checks_pii import candidate_rows, personal_data
+import tunelab.data.checks.pii  # noqa: F401  (registers the check)
+from tunelab.data.checks.pii import candidate_rows, personal_data
 from tunelab.data.doctor import CHECKS, DoctorContext, run_checks
 from tunelab.data.pii import find_pii, luhn_ok, mask, redact
 from tunelab.data.sources import read_source

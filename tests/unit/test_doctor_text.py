@@ -3,11 +3,12 @@ import random
 import datasets
 import pytest
 
-import tunelab.data.checks_labels
-import tunelab.data.checks_text
-from tunelab.data.checks_labels import label_noise_suspects
-from tunelab.data.checks_text import fix_mojibake, strip_control
-from tunelab.data.doctor import CHECKS, DoctorContext, Finding, class_imbalance
+import tunelab.data.checks.labels
+import tunelab.data.checks.text
+from tunelab.data.checks.basic import class_imbalance
+from tunelab.data.checks.labels import label_noise_suspects
+from tunelab.data.checks.text import fix_mojibake, strip_control
+from tunelab.data.doctor import CHECKS, DoctorContext, Finding
 
 CLEAN = ["the service was quick and friendly", "naïve café owners serve crème brûlée daily",
          "¿Qué tal? Muy bien, gracias amigo", "line one\nline two\twith a tab", "prices rose 5% to £12 today"]
@@ -63,7 +64,7 @@ def test_control_characters_stray_and_binary() -> None:
 
 
 def test_scan_chunks_keep_row_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tunelab.data.checks_text, "SCAN_CHUNK", 3)
+    monkeypatch.setattr(tunelab.data.checks.text, "SCAN_CHUNK", 3)
     texts = CLEAN + ["nul\x00 here", "fine text again", "cafÃ© time now", "bell\x07 x", "ok"]
     (ctrl,) = run("control-characters", context(texts))
     assert ctrl.details["locations"] == ["f.csv:7", "f.csv:10"]
@@ -106,7 +107,7 @@ def test_too_long_ignores_a_truncating_backend() -> None:
 
 
 def test_too_long_samples_large_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tunelab.data.checks_text, "TOKENIZE_SAMPLE", 50)
+    monkeypatch.setattr(tunelab.data.checks.text, "TOKENIZE_SAMPLE", 50)
     texts = [" ".join(WORDS[:2])] * 75 + [" ".join(WORDS * 2)] * 25  # a quarter are 18 tokens
     (f,) = run("too-long", context(texts, tokenizer=tiny_tokenizer(), max_length=8))
     assert f.details["sampled"] and f.details["measured"] == 50 and f.details["total"] == 100
@@ -149,7 +150,7 @@ def test_label_noise_finds_flipped_labels() -> None:
 
 
 def test_label_noise_samples_large_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tunelab.data.checks_labels, "MAX_TRAIN", 200)
+    monkeypatch.setattr(tunelab.data.checks.labels, "MAX_TRAIN", 200)
     texts, labels, _ = synthetic_topics()
     (f,) = run("label-noise-suspects", context(texts, labels))
     assert f.details["sampled"] and f.details["checked"] == 200 and f.details["total"] == 300

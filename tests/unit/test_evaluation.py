@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tunelab.evaluation import classification_metrics, compare, overfitting_warning
+from tunelab.evaluate.metrics import classification_metrics, compare, overfitting_warning
 
 
 def test_classification_metrics_known_values() -> None:

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from tunelab.gen_metrics import exact_match, generation_metrics, normalize_answer, rouge_l, token_f1
+from tunelab.lm.metrics import exact_match, generation_metrics, normalize_answer, rouge_l, token_f1
 
 
 def test_normalisation_ignores_case_punctuation_and_articles():

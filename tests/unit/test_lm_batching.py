@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tunelab.lm_batching import (IGNORE, BinBatchSampler, LMCollator, flatten, lm_loss, pack, pad,
+from tunelab.lm.batching import (IGNORE, BinBatchSampler, LMCollator, flatten, lm_loss, pack, pad,
                                  register_varlen_attention, trained_positions)
 
 

@@ -11,8 +11,8 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from tunelab import onnx_encoder  # noqa: E402
-from tunelab.onnx_encoder import ExportError, load_verified, probe_batches, verify  # noqa: E402
+from tunelab.export import onnx_encoder  # noqa: E402
+from tunelab.export.onnx_encoder import ExportError, load_verified, probe_batches, verify  # noqa: E402
 
 
 @pytest.fixture(scope="module")

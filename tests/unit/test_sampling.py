@@ -1,6 +1,6 @@
 import numpy as np
 
-from tunelab.sampling import LengthMixedBatchSampler, RandomBatchSampler, within_class_rank
+from tunelab.train.sampling import LengthMixedBatchSampler, RandomBatchSampler, within_class_rank
 
 
 def length_follows_label(n: int = 800, seed: int = 0) -> tuple[list[int], list[str]]:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 
 from tunelab.data.doctor import DoctorContext, Finding, run_checks
 from tunelab.data.sources import BUNDLED_DATA, DataError, read_source, source_columns
 from tunelab.data.split import stratified_sample, stratified_split
-from tunelab.spec import DataSpec
+
+if TYPE_CHECKING:  # annotations only: at run time data needs nothing from the spec package
+    from tunelab.spec import DataSpec
 
 __all__ = ["DataError", "Prepared", "prepare", "read_source", "file_fingerprint"]
 

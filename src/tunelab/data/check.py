@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data import file_fingerprint, infer_labels, prepare
+from tunelab.data import report as data_report
 from tunelab.data.doctor import DoctorContext, Finding, run_checks
 from tunelab.data.sources import MalformedFile, read_source
-from tunelab.reports import data_report
 
 
 def _tokenizer(base: str) -> Any:
@@ -52,7 +52,7 @@ def _check(target: str, text_column: str, label_column: str, multi_label: bool, 
     path = Path(target)
     if path.is_dir() and not (path / "dataset_info.json").is_file():
         return _check_image_folder(path)
-    from tunelab.data.checks_chat import read_records
+    from tunelab.data.checks.chat import read_records
 
     if not path.is_dir() and path.suffix.lower() in (".jsonl", ".json"):
         records = read_records(target)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.artifacts import write_text
-from tunelab.data.checks_text import fix_mojibake, strip_control
+from tunelab.run.files import write_text
+from tunelab.data.checks.text import fix_mojibake, strip_control
 from tunelab.data.dedup import normalize_text
 from tunelab.data.pii import redact
 from tunelab.data.sources import BUNDLED_DATA, DataError, _rows

@@ -19,7 +19,7 @@ from typing import Any
 
 import datasets
 
-from tunelab.data.checks_chat import read_records
+from tunelab.data.checks.chat import read_records
 from tunelab.data.sources import BUNDLED_DATA, DataError, Row, _decode
 
 CHAT_FORMATS = ("auto", "messages", "alpaca", "sharegpt")

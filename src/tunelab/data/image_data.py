@@ -7,12 +7,16 @@ truncated JPEG or an HTML page saved as `.png` is reported with its path instead
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import datasets
 
 from tunelab.data import Prepared, file_fingerprint, infer_labels
 from tunelab.data.doctor import DoctorContext, Finding, column, run_checks
 from tunelab.data.split import stratified_sample, stratified_split
-from tunelab.spec import DataSpec
+
+if TYPE_CHECKING:  # annotations only: at run time data needs nothing from the spec package
+    from tunelab.spec import DataSpec
 
 LABEL_CHECKS = ("missing-label", "unknown-label", "single-class", "class-too-small-to-split", "class-imbalance")
 IMAGE_CHECKS = ("image-unreadable", "image-not-an-image", "image-tiny", "image-mixed-modes", "image-split-duplicate",

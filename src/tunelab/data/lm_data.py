@@ -9,16 +9,18 @@ stratify by), seeded, and any text that also occurs in train stays on the traini
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 
 from tunelab.data import Prepared, file_fingerprint
-from tunelab.data.checks_chat import CHAT_CHECKS
+from tunelab.data.checks.chat import CHAT_CHECKS
 from tunelab.data.conversations import chat_dataset, read_chat_records, read_completion_texts
 from tunelab.data.doctor import TEXT_ONLY_CHECKS, DoctorContext, Finding, run_checks
 from tunelab.data.sources import Row
-from tunelab.spec import DataSpec
+
+if TYPE_CHECKING:  # annotations only: at run time data needs nothing from the spec package
+    from tunelab.spec import DataSpec
 
 CHAT_TEXT_CHECKS = tuple(c for c in TEXT_ONLY_CHECKS if c not in ("empty-text", "too-short"))
 

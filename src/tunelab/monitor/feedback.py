@@ -65,7 +65,7 @@ def _cell(label: Any, spec: Any, delimited: bool) -> Any:
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    from tunelab.artifacts import write_text
+    from tunelab.run.files import write_text
 
     write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records))
 
@@ -73,7 +73,7 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 def _write_delimited(path: Path, records: list[dict[str, Any]], delimiter: str) -> None:
     import io
 
-    from tunelab.artifacts import write_text
+    from tunelab.run.files import write_text
 
     header = list(dict.fromkeys(k for r in records for k in r))
     buf = io.StringIO(newline="")
@@ -122,7 +122,7 @@ def combined_training_data(spec: Any, rows: list[dict[str, Any]], folder: Path) 
 
 def write_retrain_spec(run: Path, spec: Any, feedback: Path, folder: Path, labels: list[str]) -> dict[str, Any]:
     """Validate FEEDBACK, write the combined data and FOLDER/retrain.yaml; return what was written."""
-    from tunelab.artifacts import write_text
+    from tunelab.run.files import write_text
     from tunelab.spec import SpecError, dump_spec, load_spec
 
     rows = read_feedback(feedback, spec, labels)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from tunelab.run import RunDir
 from tunelab.monitor import drift
 
 CACHE_VERSION = 1
@@ -68,10 +69,9 @@ class Classifier:
 
 
 def load_classifier(run: Path, spec: Any) -> Classifier:
-    from tunelab.evaluate_run import _model_dir
     from tunelab.tasks import get_task
 
-    task, model = get_task(spec.task).from_saved(_model_dir(run), spec.data.max_length)
+    task, model = get_task(spec.task).from_saved(run, spec)
     return Classifier(task, model, spec.data.max_length)
 
 
@@ -108,7 +108,7 @@ def _fingerprint(run: Path, spec: Any, seed: int) -> str:
 
 
 def _save(folder: Path, key: str, ref: Reference) -> None:
-    from tunelab.artifacts import write_json
+    from tunelab.run.files import write_json
 
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".embeddings.tmp-{os.getpid()}.npy"

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from tunelab.run import RunDir
 from tunelab.monitor import drift
 from tunelab.monitor.log import default_db_url, input_texts, parse_since, predictions, read_requests
 
@@ -41,13 +42,19 @@ def _out_dir(run: Path, out: Path | None, created: float) -> Path:
     return folder
 
 
+def _drift_capable(spec: Any) -> bool:
+    """Whether the run's task has text inputs the drift checks can read (its task says so: DRIFT)."""
+    from tunelab.tasks import base, get_task
+
+    return base.DRIFT in get_task(spec.task).capabilities
+
+
 def _labels_of(run: Path, spec: Any) -> list[str]:
     """The run's label names in id order, from the saved model's config (no model load)."""
     import json
 
-    from tunelab.evaluate_run import _model_dir
 
-    config = json.loads((_model_dir(run) / "config.json").read_text(encoding="utf-8"))
+    config = json.loads((RunDir(run).find_model() / "config.json").read_text(encoding="utf-8"))
     id2label = config.get("id2label") or {}
     if id2label:
         return [id2label.get(str(i), id2label.get(i)) for i in range(len(id2label))]
@@ -61,7 +68,7 @@ def _drift_checks(run: Path, spec: Any, texts: list[str], preds: list[tuple[str,
     minimum = limits.min_requests
     thr = {name: getattr(limits, THRESHOLD_OF[name]) for name in (*INPUT_CHECKS, *PREDICTION_CHECKS)}
     plots: dict[str, Any] = {"logged_lengths": drift.text_lengths(texts)}
-    if spec.task != "text-classification":
+    if not _drift_capable(spec):
         reason = f"drift checks support text-classification runs; this run is {spec.task}"
         return [drift.skipped(n, thr[n], reason) for n in (*INPUT_CHECKS, *PREDICTION_CHECKS)], plots
     if n_requests < minimum:
@@ -125,9 +132,9 @@ def monitor_run(run: str | Path, db_url: str | None = None, since: str | float |
     label): also writes retrain_data.<ext> and retrain.yaml there. `report["alerts"]` lists the checks that fired.
     """
     from tunelab import __version__
-    from tunelab.artifacts import write_json
+    from tunelab.run.files import write_json
     from tunelab.monitor.log import _describe
-    from tunelab.recipe import RunError, load_run_spec
+    from tunelab.run import RunError, load_run_spec
 
     run = Path(run)
     if not run.is_dir():
@@ -140,7 +147,7 @@ def monitor_run(run: str | Path, db_url: str | None = None, since: str | float |
         from tunelab.data import DataError
         from tunelab.monitor.feedback import read_feedback
 
-        if spec.task != "text-classification":
+        if not _drift_capable(spec):
             raise DataError(f"--feedback needs a text-classification run; {run} is {spec.task}")
         labels = _labels_of(run, spec)
         read_feedback(Path(feedback), spec, labels)
@@ -280,7 +287,7 @@ def write_html(path: Path, report: dict[str, Any], plot_data: dict[str, Any], ro
     """monitor.html: one self-contained file, plots embedded as PNG."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    from tunelab.artifacts import write_text
+    from tunelab.run.files import write_text
 
     plots = {
         "lengths": _length_plot(plot_data.get("train_lengths"), plot_data.get("logged_lengths", np.zeros(0))),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunelab.data import Prepared
-from tunelab.spec import RunSpec
+from tunelab.spec.schema import RunSpec
 
 
 def _row(split: str, metrics: dict[str, Any], baseline: dict[str, Any]) -> str:
@@ -15,9 +15,10 @@ def _row(split: str, metrics: dict[str, Any], baseline: dict[str, Any]) -> str:
     return f"| {split} | {f['n']} | {fmt(b, 'accuracy')} | {fmt(f, 'accuracy')} | {fmt(b, 'macro_f1')} | {fmt(f, 'macro_f1')} |"
 
 
-def model_card(spec: RunSpec, prepared: Prepared, metrics: dict[str, Any], details: dict[str, Any],
+def model_card(spec: RunSpec, task: Any, prepared: Prepared, metrics: dict[str, Any], details: dict[str, Any],
                params: dict[str, int], data_headline: str = "") -> str:
-    """Base model, data with hashes, method, hyperparameters, metrics against the baseline, limits."""
+    """Base model, data with hashes, method, hyperparameters, metrics against the baseline, limits. TASK
+    (a classifier task) says what its inputs are (`input_kind`) and what loads its model/ (`library`)."""
     t = spec.training
     files = "\n".join(f"- `{f['source']}` ({f['kind']}" + (f", sha256 `{f['sha256']}`)" if f["sha256"] else ")")
                       for f in prepared.files)
@@ -33,22 +34,22 @@ def model_card(spec: RunSpec, prepared: Prepared, metrics: dict[str, Any], detai
         verdict = (f"\nOn the test split the fine-tuned model is **{word}** than the untuned baseline: "
                    f"{comparison['metric']} {comparison['baseline']:.4f} -> {comparison['fine_tuned']:.4f} "
                    f"({comparison['gain']:+.4f}, n={comparison['n']}).\n")
-    image = spec.task in ("image-classification", "text-image-classification")
+    image = "image" in task.input_kind
     inputs = (f"Images at {spec.data.image_size or 'the model default'} px, column `{spec.data.image_column}`, "
               f"augmentation `{spec.data.augment}`" + (f"; texts column `{spec.data.text_column}`, "
-              f"truncated to {spec.data.max_length} tokens" if spec.task == "text-image-classification" else "")
+              f"truncated to {spec.data.max_length} tokens" if "text" in task.input_kind else "")
               ) if image else (f"Column mapping: text=`{spec.data.text_column}`, label=`{spec.data.label_column}`.\n"
                                f"Texts truncated to {spec.data.max_length} tokens")
     return f"""---
-library_name: {'tunelab' if image else 'transformers'}
-pipeline_tag: {'image-classification' if image else 'text-classification'}
+library_name: {task.library}
+pipeline_tag: {task.pipeline_tag}
 base_model: {spec.model.base}
 tags: [tunelab, {spec.task}, {spec.model.method}]
 ---
 # {spec.name}
 
 Fine-tuned from `{spec.model.base}` for **{spec.task}** with tunelab.
-Labels: {', '.join(prepared.labels)}{' (multi-label)' if spec.data.multi_label else ''}.
+Labels: {', '.join(prepared.labels)}{' (multi-label)' if task.multi_label else ''}.
 
 ## Data
 {files}
@@ -79,13 +80,64 @@ Baseline: {details.get('baseline_method')}. Baseline and fine-tuned model are sc
 - Labels are only as good as the training data's; the model reproduces its biases and mistakes.
 
 ## Use
-{USE_IMAGE if image else USE_TEXT}
+{USE_IMAGE if image else USE_TEXT.format(pipeline_tag=task.pipeline_tag)}
 """
 
 
 USE_TEXT = """```python
 from transformers import pipeline
-clf = pipeline("text-classification", model="model")  # this run's model/ folder
+clf = pipeline("{pipeline_tag}", model="model")  # this run's model/ folder
 ```"""
 USE_IMAGE = """`tunelab predict RUN --image photo.png` (add `--text "..."` for a text + image run); `model/` holds the
 weights (safetensors), tunelab's config and `preprocessor_config.json`."""
+
+
+def lm_model_card(spec: RunSpec, task: Any, prepared: Any, metrics: dict[str, Any], details: dict[str, Any],
+                  params: dict[str, int]) -> str:
+    """Model card for a generative run: base, data, method, and base-vs-tuned numbers on held-out data."""
+    files = "\n".join(f"- `{f['source']}`" + (f" (sha256 `{f['sha256']}`)" if f.get("sha256") else "")
+                      for f in prepared.files) or f"- bundled set `{spec.data.train}`"
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in prepared.splits.items())
+    fmt = lambda d, k: f"{d[k]:.4f}" if isinstance(d.get(k), float) else "–"
+    rows = []
+    for split, tuned in metrics["fine_tuned"].items():
+        b = metrics["baseline"].get(split, {})
+        rows += [f"| {split} | {k} | {fmt(b, k)} | {fmt(tuned, k)} |" for k in
+                 ("loss", "perplexity", "exact_match", "token_f1", "rouge_l") if k in tuned]
+    c = details.get("comparison") or {}
+    verdict = (f"On the test split the fine-tuned model is **{'better' if c['better'] else 'NOT better'}** than the "
+               f"base: {c['metric']} {c['baseline']:.4f} -> {c['fine_tuned']:.4f}.\n") if c else ""
+    findings = "\n".join(f"- [{f.severity}] {f.check}: {f.message}" for f in prepared.findings) or "- none"
+    return f"""---
+library_name: {'peft' if spec.model.method != 'full' else 'transformers'}
+pipeline_tag: {task.pipeline_tag}
+base_model: {spec.model.base}
+tags: [tunelab, {spec.task}, {spec.model.method}]
+---
+# {spec.name}
+
+Fine-tuned by tunelab from `{spec.model.base}` for **{spec.task}** with **{spec.model.method}**
+({params['trainable_params']:,} of {params['total_params']:,} parameters trained).
+
+## Data
+{files}
+
+Examples: {sizes}. Loss on: {task.describe_loss(spec)}; max_length {spec.data.max_length}.
+
+Data checks:
+{findings}
+
+## Evaluation (base vs fine-tuned, same held-out examples; answers greedy, at most {spec.evaluation.generation.max_new_tokens} tokens)
+| split | metric | base | fine-tuned |
+|---|---|---|---|
+{chr(10).join(rows)}
+
+{verdict}
+## Training
+epochs {spec.training.epochs} (best {details.get('best_epoch')}), learning rate {spec.learning_rate}, batch {spec.training.batch_size},
+batching {spec.training.batching}, seed {spec.training.seed}.
+
+## Use
+`tunelab generate RUN --prompt "..."`, `tunelab chat RUN`; `tunelab export RUN --merge` writes a plain
+transformers folder and checks that it reproduces these answers.
+"""

@@ -1,7 +1,8 @@
 """The data report: `data_report.json` (stable schema, documented in docs/data-report.md) and an HTML view.
 
 Written by every training run and by `tunelab data check`, so the evidence about the data travels with
-the model.
+the model. The dict itself is built in `tunelab.data.report` (data never imports reports); `build` and
+`headline` are re-exported here for the recipes and the CLI.
 """
 
 from __future__ import annotations
@@ -9,27 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunelab import __version__
-from tunelab.artifacts import write_json, write_text
-from tunelab.data.doctor import Finding
+from tunelab.data.report import SCHEMA_VERSION, build, headline
+from tunelab.run.files import write_json, write_text
 
-SCHEMA_VERSION = 1
-
-
-def build(findings: list[Finding], sizes: dict[str, int], sources: list[dict[str, Any]],
-          forced: bool = False) -> dict[str, Any]:
-    """The report as a plain dict; see docs/data-report.md for every field."""
-    summary = {sev: sum(1 for f in findings if f.severity == sev) for sev in ("error", "warning", "info")}
-    return {"schema_version": SCHEMA_VERSION, "generated_by": f"tunelab {__version__}", "sources": sources,
-            "sizes": sizes, "summary": summary, "forced": forced,
-            "findings": [f.to_dict() for f in findings]}
-
-
-def headline(report: dict[str, Any]) -> str:
-    """One line for consoles and model cards: examples per split and findings per severity."""
-    sizes = ", ".join(f"{k} {v}" for k, v in report["sizes"].items())
-    s = report["summary"]
-    return f"{sizes}; {s['error']} error(s), {s['warning']} warning(s), {s['info']} note(s)"
+__all__ = ["SCHEMA_VERSION", "build", "headline", "write"]
 
 
 def _histogram_png(details: dict[str, Any]) -> str | None:

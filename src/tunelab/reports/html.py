@@ -85,6 +85,6 @@ def write_report(path: Path, context: dict[str, Any]) -> None:
         per_class=test_detail.get("per_class", {}),
         baseline_per_class=details.get("baseline", {}).get("test", {}).get("per_class", {}),
     )
-    from tunelab.artifacts import write_text
+    from tunelab.run.files import write_text
 
     write_text(path, html)

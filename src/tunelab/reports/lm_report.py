@@ -7,7 +7,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from tunelab.artifacts import write_text
+from tunelab.run.files import write_text
 from tunelab.reports.html import _epoch_steps, _png, plt
 from tunelab.spec import RunSpec, dump_spec
 

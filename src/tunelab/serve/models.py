@@ -22,45 +22,14 @@ import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from tunelab.recipe import RunError, load_run_spec
+from tunelab.run import RunDir, RunError, load_run_spec
+from tunelab.run.weights import PICKLE_SUFFIXES, UnsafeWeights, check_safetensors  # noqa: F401 - re-exported
 from tunelab.serve.batching import MicroBatcher
 from tunelab.serve.settings import ServeSettings
+from tunelab.tasks import CAUSAL_LM, CLASSIFY, get_task
 
 logger = logging.getLogger("tunelab.serve")
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-CLASSIFIER_TASKS = ("text-classification", "image-classification", "text-image-classification")
-GENERATIVE_TASKS = ("chat", "completion")
-ROUTES = {"text-classification": ("/v1/classify", "/v1/embeddings"), "image-classification": ("/v1/classify",),
-          "text-image-classification": ("/v1/classify",), "chat": ("/v1/chat/completions",),
-          "completion": ("/v1/completions",)}
-
-
-class UnsafeWeights(RunError):
-    """A model folder holds its weights only in pickle format (which can run code when loaded)."""
-
-
-def check_safetensors(folder: Path, depth: int = 2) -> None:
-    """Refuse FOLDER when a directory in it (down to DEPTH levels, checkpoints/ skipped) holds pickle weights
-    without a safetensors file beside them, or when it holds no safetensors weights at all."""
-    folder = Path(folder)
-    found_safe = False
-    dirs = [(folder, 0)]
-    while dirs:
-        d, level = dirs.pop()
-        files = [p for p in d.iterdir() if p.is_file()]
-        safe = any(p.suffix == ".safetensors" for p in files)
-        found_safe |= safe
-        pickles = sorted(p.name for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
-        if pickles and not safe:
-            raise UnsafeWeights(
-                f"{d} holds its weights only as pickle files ({', '.join(pickles)}); loading pickle can run arbitrary "
-                "code, so tunelab serve loads safetensors only. If you trust the file, convert it once with "
-                "transformers: `save_pretrained(folder, safe_serialization=True)`.")
-        if level < depth:
-            dirs += [(p, level + 1) for p in d.iterdir() if p.is_dir() and p.name not in ("checkpoints", ".cache")]
-    if not found_safe:
-        raise UnsafeWeights(f"{folder}: no *.safetensors weights found; tunelab serve loads safetensors only")
 
 
 def _pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,10 +79,11 @@ class GenJob:
 class ServedModel:
     routes: tuple[str, ...] = ()
 
-    def __init__(self, name: str, run: Path, task_name: str, settings: ServeSettings) -> None:
-        self.name, self.run, self.task_name, self.settings = name, run, task_name, settings
+    def __init__(self, name: str, run: Path, task_cls: Any, settings: ServeSettings) -> None:
+        self.name, self.run, self.task_name, self.settings = name, run, task_cls.name, settings
+        self.family = task_cls.family
         self.created = int((run / "spec.yaml").stat().st_mtime) if (run / "spec.yaml").is_file() else int(time.time())
-        self.routes = ROUTES[task_name]
+        self.routes = tuple(task_cls.routes)  # what the run's task says it serves
         self.workers = 1  # model calls in flight at once
         self.executor: ThreadPoolExecutor | None = None
         self.batcher: MicroBatcher | None = None
@@ -123,7 +93,7 @@ class ServedModel:
                 "task": self.task_name, "endpoints": list(self.routes)}
 
     def make_batcher(self, metrics: Any) -> MicroBatcher:
-        kind = "generate" if self.task_name in GENERATIVE_TASKS else "encode"
+        kind = "generate" if self.family == CAUSAL_LM else "encode"
 
         def on_batch(size: int, seconds: float, waits: list[float]) -> None:
             if metrics is not None:
@@ -150,22 +120,19 @@ class ClassifierModel(ServedModel):
     """A text-, image- or text+image-classification run. Text runs also serve embeddings: the mean-pooled
     (attention-masked) last hidden state of the fine-tuned encoder, L2-normalised."""
 
-    def __init__(self, name: str, run: Path, task_name: str, settings: ServeSettings) -> None:
-        super().__init__(name, run, task_name, settings)
-        from tunelab.evaluate_run import _model_dir
-        from tunelab.tasks import get_task
-
+    def __init__(self, name: str, run: Path, task_cls: Any, settings: ServeSettings) -> None:
+        super().__init__(name, run, task_cls, settings)
         spec = load_run_spec(run)
-        model_dir = _model_dir(run)
+        model_dir = RunDir(run).find_model()
         check_safetensors(model_dir)
-        self.task, self.model = get_task(task_name).from_saved(model_dir, spec.data.max_length)
+        self.task, self.model = task_cls.from_saved(run, spec)
         self.model.eval()
         self.device = next(self.model.parameters()).device
         self.labels: list[str] = list(self.task.labels)
         self.multi_label = bool(self.task.multi_label)
-        self.input_kind = getattr(self.task, "input_kind", "text")
-        self.tokenizer = getattr(self.task, "tokenizer", None)
-        self.max_length = int(getattr(self.task, "max_length", 0) or 0) or None
+        self.input_kind = self.task.input_kind
+        self.tokenizer = self.task.tokenizer  # None for image-only tasks
+        self.max_length = int(self.task.max_length or 0) or None
         self.pad_id = (self.tokenizer.pad_token_id or 0) if self.tokenizer is not None else 0
         self.image_mode = None
         if self.input_kind != "text":
@@ -178,7 +145,7 @@ class ClassifierModel(ServedModel):
 
     def _pick_runtime(self, model_dir: Path) -> None:
         """ONNX Runtime for a text classifier on the CPU when its export verifies against PyTorch (see
-        tunelab.onnx_encoder: less CPU per text, no GIL held); PyTorch otherwise, with the reason kept."""
+        tunelab.export.onnx_encoder: less CPU per text, no GIL held); PyTorch otherwise, with the reason kept."""
         wanted = "onnx" if self.settings.quantize else self.settings.runtime
         if wanted == "torch":
             return
@@ -187,7 +154,7 @@ class ClassifierModel(ServedModel):
                 raise RunError(f"{self.run}: ONNX Runtime (--runtime onnx, --quantize) serves text classifiers on the CPU only "
                                f"(this run is {self.task_name} on {self.device.type})")
             return
-        from tunelab.onnx_encoder import ExportError, load_verified
+        from tunelab.export.onnx_encoder import ExportError, load_verified
 
         threads = self.settings.threads or torch.get_num_threads()
         try:
@@ -209,7 +176,7 @@ class ClassifierModel(ServedModel):
         on the run's own held-out texts (at least min_int8_agreement of them) and loses at most
         max_int8_metric_drop of the run's metric; otherwise refuse to start, with the numbers."""
         from tunelab.data import prepare
-        from tunelab.onnx_encoder import ExportError, OnnxEncoder, check_int8, pad_batches, quantize_int8
+        from tunelab.export.onnx_encoder import ExportError, OnnxEncoder, check_int8, pad_batches, quantize_int8
 
         try:
             prepared = prepare(spec.data, spec.training.seed)
@@ -414,19 +381,21 @@ class _Cancelled(StoppingCriteria):
 class GeneratorModel(ServedModel):
     """A chat or completion run: its merged export, full model, or base + adapter (as `tunelab generate`)."""
 
-    def __init__(self, name: str, run: Path, task_name: str, settings: ServeSettings) -> None:
-        super().__init__(name, run, task_name, settings)
-        from tunelab.generation import stop_token_ids
-        from tunelab.lm_use import load_generator, task_for
+    def __init__(self, name: str, run: Path, task_cls: Any, settings: ServeSettings) -> None:
+        super().__init__(name, run, task_cls, settings)
+        from tunelab.lm.generation import stop_token_ids
+        from tunelab.lm.use import load_generator, task_for
 
-        folder = next((f for f in (run / "export" / "merged", run / "model", run) if (f / "config.json").is_file()), None)
+        run_dir = RunDir(run)
+        folder = next((f for f in (run_dir.exports / "merged", run_dir.model, run) if (f / "config.json").is_file()),
+                      None)
         if folder is not None:
             check_safetensors(folder, depth=0)
-        elif (run / "adapter" / "adapter_config.json").is_file():
-            from tunelab.artifacts import read_json
+        elif (run_dir.adapter / "adapter_config.json").is_file():
+            from tunelab.run.files import read_json
 
-            check_safetensors(run / "adapter", depth=0)
-            base = read_json(run / "adapter" / "adapter_config.json").get("base_model_name_or_path")
+            check_safetensors(run_dir.adapter, depth=0)
+            base = read_json(run_dir.adapter / "adapter_config.json").get("base_model_name_or_path")
             if base and Path(base).is_dir():
                 check_safetensors(Path(base), depth=0)
         self.model, self.tokenizer = load_generator(run)
@@ -443,7 +412,7 @@ class GeneratorModel(ServedModel):
 
     # -- event-loop side -----------------------------------------------------------------------------------
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        from tunelab.tasks.chat_format import render_prompt
+        from tunelab.lm.chat_format import render_prompt
 
         return render_prompt(self.tokenizer, messages)
 
@@ -479,7 +448,7 @@ class GeneratorModel(ServedModel):
         longest = max(len(p) for p in rows)
         ids = torch.full((len(rows), longest), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        for r, p in enumerate(rows):  # left padding, as in tunelab.generation: each row continues from its own end
+        for r, p in enumerate(rows):  # left padding, as in tunelab.lm.generation: each row continues from its own end
             ids[r, longest - len(p):] = torch.tensor(p, dtype=torch.long)
             mask[r, longest - len(p):] = 1
         sampling: dict[str, Any] = ({"do_sample": True, "temperature": first.temperature, "top_p": first.top_p}
@@ -516,8 +485,8 @@ def load_model(run: str | Path, settings: ServeSettings, name: str | None = None
         raise RunError(f"{run}: no such run directory")
     spec = load_run_spec(run)
     name = name or run.resolve().name
-    if spec.task in CLASSIFIER_TASKS:
-        return ClassifierModel(name, run, spec.task, settings)
-    if spec.task in GENERATIVE_TASKS:
-        return GeneratorModel(name, run, spec.task, settings)
-    raise RunError(f"{run}: tunelab serve does not know how to serve a {spec.task} run")
+    task_cls = get_task(spec.task)
+    served_by = {CLASSIFY: ClassifierModel, CAUSAL_LM: GeneratorModel}
+    if task_cls.family not in served_by:
+        raise RunError(f"{run}: tunelab serve does not know how to serve a {spec.task} run")
+    return served_by[task_cls.family](name, run, task_cls, settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from tunelab.onnx_encoder import INT8_MAX_METRIC_DROP, INT8_MIN_AGREEMENT
+from tunelab.export.onnx_encoder import INT8_MAX_METRIC_DROP, INT8_MIN_AGREEMENT
 
 
 RUNTIMES = ("auto", "onnx", "torch")

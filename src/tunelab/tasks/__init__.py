@@ -1,33 +1,32 @@
-"""Task registry. A task knows how to build a model for its labels, encode examples, turn model outputs
-into predictions and metrics, score the untuned baseline, and predict from a saved model folder.
-Adding a task is one module, one `@register_task` line, and one row in tests/integration/test_tasks.py.
+"""The task registry: every task the spec's `task:` key can name.
+
+A task implements the protocol in tasks/base.py (from_spec, prepare_data, load_model, encode, collator,
+training_step, save, from_saved, routes, ...). Adding a task is one module with a `@register_task` class,
+one line in the import list below, and one row in tests/integration/test_tasks.py. Task modules import only
+light libraries at module level, so this registry (and every task's spec schema) loads without torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-TASKS: dict[str, type] = {}
+from tunelab.tasks.base import (CAUSAL_LM, CLASSIFY, FAMILY_PROTOCOLS, TASKS, ClassifierTask, GeneratorTask, Task,
+                                get_task, register_task)
+
+# the one list of tasks, in the order `tunelab init --help` and error messages show them
+from tunelab.tasks import text_classification  # noqa: E402,F401  (each registers itself)
+from tunelab.tasks import causal_lm  # noqa: E402,F401
+from tunelab.tasks import image_classification  # noqa: E402,F401
+from tunelab.tasks import text_image_classification  # noqa: E402,F401
 
 
-def register_task(name: str) -> Callable[[type], type]:
-    """Register a task class under NAME (the spec's `task:` value)."""
 
-    def wrap(cls: type) -> type:
-        cls.name = name
-        TASKS[name] = cls
-        return cls
-
-    return wrap
+def from_model_dir(folder: Path) -> tuple[Task, Any]:
+    """(task, model) for a bare fine-tuned classifier folder with no run directory around it: a plain
+    transformers sequence-classification folder, as `model/` of a text-classification run is."""
+    return text_classification.TextClassification.from_model_dir(folder, max_length=512)
 
 
-def get_task(name: str) -> Any:
-    """The task class for NAME; the error lists the available tasks."""
-    if name not in TASKS:
-        raise KeyError(f"unknown task '{name}'; available: {', '.join(sorted(TASKS))}")
-    return TASKS[name]
-
-
-from tunelab.tasks import (  # noqa: E402,F401  (register themselves)
-    causal_lm, image_classification, text_classification, text_image_classification)
+__all__ = ["CAUSAL_LM", "CLASSIFY", "FAMILY_PROTOCOLS", "TASKS", "ClassifierTask", "GeneratorTask", "Task",
+           "from_model_dir", "get_task", "register_task"]

@@ -11,22 +11,40 @@ before/after comparison.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
-import datasets
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from pydantic import Field
 
-from tunelab.data.doctor import Finding, column
-from tunelab.lm_batching import IGNORE, BinBatchSampler, LMCollator, lm_loss, pack, training_attention
-from tunelab.tasks import register_task
-from tunelab.tasks.chat_format import ensure_chat_template, prompt_and_reference, render_chat, render_prompt
+from tunelab.lm.chat_format import IGNORE_INDEX as IGNORE
+from tunelab.lm.chat_format import ensure_chat_template, prompt_and_reference, render_chat, render_prompt
+from tunelab.spec.schema import ModelSpec, RunSpec, TaskRules
+from tunelab.tasks import base
+from tunelab.tasks.base import register_task
+from tunelab.tasks.sections import ChatData, CompletionData, LMEvaluation, LMTraining
+
+LM_RULES = dict(methods=("lora", "dora", "full", "qlora"), batchings=("padding-free", "packing", "padded"),
+                metrics=("loss", "rouge_l", "token_f1", "exact_match"), max_length=1024,
+                learning_rates={"full": 2e-5, "lora": 2e-4, "dora": 2e-4, "qlora": 2e-4})
+
+
+class ChatSpec(RunSpec):
+    RULES: ClassVar[TaskRules] = TaskRules(**LM_RULES)
+    FAMILY: ClassVar[str] = base.CAUSAL_LM
+
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Base model (a causal LM) and adaptation method.")
+    data: ChatData = Field(..., description="Where the conversations come from and how to read them.")
+    training: LMTraining = Field(default_factory=LMTraining, description="Optimisation settings.")
+    evaluation: LMEvaluation = Field(default_factory=LMEvaluation, description="How models are scored.")
+
+
+class CompletionSpec(ChatSpec):
+    data: CompletionData = Field(..., description="Where the documents come from and how to read them.")
 
 
 @dataclass
-class LMEncoded(torch.utils.data.Dataset):
+class LMEncoded:
     """Tokenised examples ({input_ids, labels}) and the truncation figures for the report."""
 
     features: list[dict[str, list[int]]]
@@ -50,37 +68,34 @@ class LMEncoded(torch.utils.data.Dataset):
         return sum(sum(1 for t in f["labels"][1:] if t != IGNORE) for f in self.features)
 
 
-class CausalLMTask:
-    """What the chat and completion tasks share: model loading, batching, loss, evaluation."""
+class LMCore:
+    """What the chat and completion tasks share, composed into each: tokenizer, model loading (attention that
+    keeps concatenated examples apart), batching, loss, held-out loss, saving and loading."""
 
-    generative = True
-    metric_names = ("loss", "perplexity")
-
-    def __init__(self, max_length: int, batching: str = "padding-free", train_on: str = "all-assistant",
-                 chat_template: str | None = None) -> None:
-        self.max_length, self.batching, self.train_on, self.chat_template = max_length, batching, train_on, chat_template
+    def __init__(self, max_length: int, batching: str = "padding-free", method: str = "lora") -> None:
+        self.max_length, self.batching, self.method = max_length, batching, method
         self.tokenizer: Any = None
         self.added_tokens = 0
 
-    # -- model ------------------------------------------------------------------------------------
-    def load_tokenizer(self, folder: str) -> Any:
+    def load_tokenizer(self, folder: str, chat_template: str | None = None, chat: bool = False) -> Any:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.prepare_tokenizer()
+        if chat:  # chat needs a template; completion does not
+            self.added_tokens = ensure_chat_template(self.tokenizer, chat_template)
         if self.tokenizer.pad_token_id is None:  # padded batches and batched generation need one
             self.tokenizer.pad_token = self.tokenizer.eos_token
         return self.tokenizer
 
-    def prepare_tokenizer(self) -> None:
-        """Chat needs a template; completion does not."""
-
-    def load_model(self, folder: str, method: str = "lora") -> torch.nn.Module:
-        """The base causal LM, with attention that keeps concatenated examples apart (see lm_batching)."""
+    def load_model(self, folder: str) -> Any:
+        """The base causal LM, with attention that keeps concatenated examples apart (see lm/batching.py)."""
+        import torch
         from transformers import AutoModelForCausalLM
 
+        from tunelab.lm.batching import training_attention
+
         kwargs: dict[str, Any] = {"attn_implementation": training_attention()}
-        if method == "qlora":
+        if self.method == "qlora":
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -98,12 +113,12 @@ class CausalLMTask:
             model.config.pad_token_id = self.tokenizer.pad_token_id
         return model
 
-    def peft_task_type(self) -> str:
-        return "CAUSAL_LM"
-
-    # -- batching ---------------------------------------------------------------------------------
-    def train_loader(self, train: LMEncoded, batch_size: int, seed: int) -> tuple[DataLoader, Any]:
+    def train_loader(self, train: LMEncoded, batch_size: int, seed: int) -> tuple[Any, Any]:
         """(loader, sampler) for training in the spec's batching mode."""
+        from torch.utils.data import DataLoader
+
+        from tunelab.lm.batching import BinBatchSampler, LMCollator, pack
+
         collate = LMCollator(self.batching, self.tokenizer.pad_token_id)
         items: Any = train
         if self.batching == "packing":
@@ -111,14 +126,20 @@ class CausalLMTask:
         sampler = BinBatchSampler(len(items), batch_size, seed)
         return DataLoader(items, batch_sampler=sampler, collate_fn=collate), sampler
 
-    def step_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        return lm_loss(model, batch)
+    def collator(self) -> Any:
+        from tunelab.lm.batching import LMCollator
 
-    # -- evaluation -------------------------------------------------------------------------------
-    def evaluate_loss(self, model: torch.nn.Module, encoded: LMEncoded, batch_size: int, desc: str = "validation",
+        return LMCollator("padding-free" if self.batching != "padded" else "padded", self.tokenizer.pad_token_id)
+
+    def evaluate_loss(self, model: Any, encoded: LMEncoded, batch_size: int, desc: str = "validation",
                       show: bool = True) -> dict[str, Any]:
         """Token-weighted mean loss over every trained token of a split, and its perplexity."""
-        collate = LMCollator("padding-free" if self.batching != "padded" else "padded", self.tokenizer.pad_token_id)
+        import torch
+        from tqdm.auto import tqdm
+
+        from tunelab.lm.batching import lm_loss
+
+        collate = self.collator()
         order = np.argsort(encoded.lengths, kind="stable").tolist()
         device = next(model.parameters()).device
         total, count = 0.0, 0
@@ -136,15 +157,134 @@ class CausalLMTask:
         mean = total / count if count else float("nan")
         return {"loss": mean, "perplexity": float(np.exp(min(mean, 50.0))), "tokens": count, "n": len(encoded)}
 
+    def save(self, model: Any, run_dir: Path) -> None:
+        """adapter/ (peft runs: the adapter and the tokenizer with its chat template) or model/ (full runs).
+
+        The merged model of an adapter run is made by `tunelab export RUN --merge`, which also proves that
+        the merged weights give the same greedy answers."""
+        from tunelab.run import RunDir
+        from tunelab.run.files import atomic_dir
+        from tunelab.train import methods
+
+        run = RunDir(run_dir)
+        model.config.use_cache = True
+        if methods.is_peft(model):
+            with atomic_dir(run.adapter) as tmp:
+                model.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+            return
+        with atomic_dir(run.model) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+
+
+class _LMTask:
+    """The members of the Task protocol that chat and completion answer the same way, each a one-line
+    delegation to the composed LMCore (kept as a mixin of one-liners, not a base with behaviour)."""
+
+    family = base.CAUSAL_LM
+    library = "transformers"
+    pipeline_tag = "text-generation"
+    input_kind = "text"
+    capabilities = frozenset({base.GENERATE, base.MERGE})
+    checkpoint_everything = False
+    metric_names = ("loss", "perplexity")
+    lm: LMCore
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.lm.tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value: Any) -> None:
+        self.lm.tokenizer = value
+
+    @property
+    def max_length(self) -> int:
+        return self.lm.max_length
+
+    def load_model(self, folder: str) -> Any:
+        return self.lm.load_model(folder)
+
+    def apply_method(self, model: Any, spec: Any) -> Any:
+        from tunelab.train import methods
+
+        return methods.apply(model, spec, peft_task_type="CAUSAL_LM")
+
+    def param_groups(self, model: Any, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        from tunelab.train.optim import decay_groups
+
+        return decay_groups(model, lr, weight_decay)
+
+    def on_epoch_start(self, model: Any, epoch: int) -> None:
+        """Nothing changes between epochs."""
+
+    def collator(self) -> Any:
+        return self.lm.collator()
+
+    def train_loader(self, encoded: LMEncoded, spec: Any) -> tuple[Any, Any]:
+        return self.lm.train_loader(encoded, spec.training.batch_size, spec.training.seed)
+
+    def training_step(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+        from tunelab.lm.batching import lm_loss
+
+        loss, _ = lm_loss(model, batch)
+        return loss, None
+
+    def train_metrics(self, seen: list[Any]) -> dict[str, Any]:
+        return {}
+
+    def evaluate_loss(self, model: Any, encoded: LMEncoded, batch_size: int, desc: str = "validation",
+                      show: bool = True) -> dict[str, Any]:
+        return self.lm.evaluate_loss(model, encoded, batch_size, desc, show)
+
+    def save(self, model: Any, run_dir: Path) -> None:
+        self.lm.save(model, run_dir)
+
+    @classmethod
+    def from_saved(cls, run_dir: Path, spec: Any) -> tuple[Any, Any]:
+        """The run's model for generation (its merged export, its full model, or base + adapter) and the
+        task holding the saved tokenizer and chat template."""
+        from tunelab.lm.use import load_generator
+
+        model, tokenizer = load_generator(run_dir)
+        task = cls.from_spec(spec)
+        task.tokenizer = tokenizer
+        return task, model
+
 
 @register_task("chat")
-class ChatTask(CausalLMTask):
+class ChatTask(_LMTask):
     """Instruction and multi-turn chat: the model's chat template, loss on assistant turns."""
 
-    def prepare_tokenizer(self) -> None:
-        self.added_tokens = ensure_chat_template(self.tokenizer, self.chat_template)
+    spec_class = ChatSpec
+    template_values: ClassVar[dict[str, Any]] = {"data": {"train": "construction-faq"},
+                                                 "model": {"base": "SmolLM2-135M-Instruct"}}
+    input_kind = "messages"
+    routes = ("/v1/chat/completions",)
 
-    def encode(self, ds: datasets.Dataset) -> LMEncoded:
+    def __init__(self, max_length: int, batching: str = "padding-free", train_on: str = "all-assistant",
+                 chat_template: str | None = None, method: str = "lora") -> None:
+        self.lm = LMCore(max_length, batching, method)
+        self.train_on, self.chat_template = train_on, chat_template
+
+    @classmethod
+    def from_spec(cls, spec: Any, labels: list[str] | None = None) -> "ChatTask":
+        return cls(spec.data.max_length, spec.training.batching, spec.data.train_on, spec.data.chat_template,
+                   spec.model.method)
+
+    @classmethod
+    def prepare_data(cls, spec: Any, base: str, force: bool, tokenizer: Any = None) -> Any:
+        from tunelab.data.lm_data import prepare_chat
+
+        return prepare_chat(spec.data, spec.training.seed, force, tokenizer=tokenizer)
+
+    def load_tokenizer(self, folder: str) -> Any:
+        return self.lm.load_tokenizer(folder, self.chat_template, chat=True)
+
+    def encode(self, ds: Any, with_labels: bool = True) -> LMEncoded:
+        from tunelab.data.doctor import column
+
         features, locations, truncated, untrainable, cut = [], [], [], [], 0
         for messages, loc in zip(column(ds, "messages"), column(ds, "location")):
             r = render_chat(self.tokenizer, messages, train_on=self.train_on, max_length=self.max_length)
@@ -158,8 +298,11 @@ class ChatTask(CausalLMTask):
             locations.append(loc)
         return LMEncoded(features, locations, truncated, cut, untrainable)
 
-    def prompts(self, ds: datasets.Dataset, limit: int) -> list[dict[str, Any]]:
+    def prompts(self, ds: Any, spec: Any) -> list[dict[str, Any]]:
         """Held-out prompts: each conversation up to its last assistant turn, and that turn as reference."""
+        from tunelab.data.doctor import column
+
+        limit = spec.evaluation.generation.prompts
         out = []
         for messages, loc in zip(column(ds, "messages"), column(ds, "location")):
             last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=0)
@@ -177,12 +320,41 @@ class ChatTask(CausalLMTask):
         messages = ([{"role": "system", "content": system}] if system else []) + list(history or [])
         return render_prompt(self.tokenizer, messages + [{"role": "user", "content": text}])
 
+    def preview(self, tokenizer: Any, row: dict[str, Any], spec: Any) -> Any:
+        return render_chat(tokenizer, row["messages"], spec.data.train_on, spec.data.max_length)
+
+    def describe_loss(self, spec: Any) -> str:
+        return spec.data.train_on
+
 
 @register_task("completion")
-class CompletionTask(CausalLMTask):
+class CompletionTask(_LMTask):
     """Plain-text continuation: documents cut into max_length windows, loss on every token."""
 
-    def encode(self, ds: datasets.Dataset) -> LMEncoded:
+    spec_class = CompletionSpec
+    template_values: ClassVar[dict[str, Any]] = {"data": {"train": "my-texts.txt"},
+                                                 "model": {"base": "SmolLM2-135M-Instruct"}}
+    routes = ("/v1/completions",)
+
+    def __init__(self, max_length: int, batching: str = "padding-free", method: str = "lora") -> None:
+        self.lm = LMCore(max_length, batching, method)
+
+    @classmethod
+    def from_spec(cls, spec: Any, labels: list[str] | None = None) -> "CompletionTask":
+        return cls(spec.data.max_length, spec.training.batching, spec.model.method)
+
+    @classmethod
+    def prepare_data(cls, spec: Any, base: str, force: bool, tokenizer: Any = None) -> Any:
+        from tunelab.data.lm_data import prepare_completion
+
+        return prepare_completion(spec.data, spec.training.seed, force, tokenizer=tokenizer)
+
+    def load_tokenizer(self, folder: str) -> Any:
+        return self.lm.load_tokenizer(folder, chat=False)
+
+    def encode(self, ds: Any, with_labels: bool = True) -> LMEncoded:
+        from tunelab.data.doctor import column
+
         features, locations = [], []
         eos = self.tokenizer.eos_token_id
         for text, loc in zip(column(ds, "text"), column(ds, "location")):
@@ -197,8 +369,11 @@ class CompletionTask(CausalLMTask):
                     locations.append(loc if start == 0 else f"{loc} (tokens {start}+)")
         return LMEncoded(features, locations)
 
-    def prompts(self, ds: datasets.Dataset, limit: int, max_new_tokens: int = 64) -> list[dict[str, Any]]:
+    def prompts(self, ds: Any, spec: Any) -> list[dict[str, Any]]:
         """The first part of each held-out document as prompt, the next tokens as reference."""
+        from tunelab.data.doctor import column
+
+        limit, max_new_tokens = spec.evaluation.generation.prompts, spec.evaluation.generation.max_new_tokens
         out = []
         for text, loc in zip(column(ds, "text"), column(ds, "location")):
             ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
@@ -214,9 +389,19 @@ class CompletionTask(CausalLMTask):
     def prompt_ids(self, text: str, system: str | None = None, history: Any = None) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
+    def preview(self, tokenizer: Any, row: dict[str, Any], spec: Any) -> Any:
+        from tunelab.lm.chat_format import render_text
 
-def truncation_findings(encoded: dict[str, LMEncoded], max_length: int) -> list[Finding]:
+        return render_text(tokenizer, row["text"], spec.data.max_length)
+
+    def describe_loss(self, spec: Any) -> str:
+        return "every token"
+
+
+def truncation_findings(encoded: dict[str, LMEncoded], max_length: int) -> list[Any]:
     """The truncation report: how many examples max_length cuts, and which ones it leaves untrainable."""
+    from tunelab.data.doctor import Finding
+
     findings = []
     cut = {name: e for name, e in encoded.items() if e.truncated}
     if cut:

@@ -6,50 +6,73 @@ The saved model is a plain `AutoModelForSequenceClassification` folder with `id2
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import datasets
 import numpy as np
-import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+from pydantic import Field
 
-from tunelab.catalog import hub_error, is_sentence_encoder
-from tunelab.data.split import stratify_key
-from tunelab.evaluation import classification_metrics
-from tunelab.tasks import register_task
+from tunelab.spec.schema import ModelSpec, RunSpec, TaskRules
+from tunelab.tasks import base
+from tunelab.tasks.base import register_task
+from tunelab.tasks.labels import EncodedSplit, LabelOutputs, LabelSpace, classifier_train_loader
+from tunelab.tasks.sections import ClassifierTraining, LabelledTextData, TextClassifierEvaluation
 
 
-class EncodedSplit(torch.utils.data.Dataset):
-    """Tokenised examples plus what the sampler needs: lengths and label strata."""
+class TextClassificationSpec(RunSpec):
+    RULES: ClassVar[TaskRules] = TaskRules(methods=("full", "lora"), batchings=("length-mixed", "random"),
+                                           metrics=("macro_f1", "accuracy", "micro_f1"), max_length=256,
+                                           learning_rates={"full": 2e-5, "lora": 2e-4})
+    FAMILY: ClassVar[str] = base.CLASSIFY
 
-    def __init__(self, features: list[dict[str, Any]], strata: list[str], lengths: list[int] | None = None) -> None:
-        self.features = features
-        self.lengths = lengths if lengths is not None else [len(f["input_ids"]) for f in features]
-        self.strata = strata
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.features[i]
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Base model (an encoder) and adaptation method.")
+    data: LabelledTextData = Field(..., description="Where the labelled texts come from and how to read them.")
+    training: ClassifierTraining = Field(default_factory=ClassifierTraining, description="Optimisation settings.")
+    evaluation: TextClassifierEvaluation = Field(default_factory=TextClassifierEvaluation,
+                                                 description="How models are scored.")
 
 
 @register_task("text-classification")
-class TextClassification:
-    metric_names = ("accuracy", "macro_f1", "micro_f1")
+class TextClassification(LabelOutputs):
+    family = base.CLASSIFY
+    library = "transformers"
+    pipeline_tag = "text-classification"
+    spec_class = TextClassificationSpec
+    template_values: ClassVar[dict[str, Any]] = {"data": {"train": "bbc-news"}}
+    input_kind = "text"
+    routes = ("/v1/classify", "/v1/embeddings")
+    capabilities = frozenset({base.EVALUATE, base.PREDICT, base.EMBED, base.ONNX, base.DRIFT})
+    checkpoint_everything = False
 
-    def __init__(self, labels: list[str], multi_label: bool = False, max_length: int = 256) -> None:
-        self.labels = labels
-        self.multi_label = multi_label
-        self.max_length = max_length
-        self.label2id = {lab: i for i, lab in enumerate(labels)}
+    def __init__(self, labels: list[str], multi_label: bool = False, max_length: int = 256,
+                 method: str = "full") -> None:
+        self.space = LabelSpace(labels, multi_label)
+        self.labels, self.multi_label, self.label2id = self.space.labels, multi_label, self.space.label2id
+        self.max_length, self.method = max_length, method
         self.tokenizer: Any = None
 
+    @classmethod
+    def from_spec(cls, spec: Any, labels: list[str] | None = None) -> "TextClassification":
+        return cls(list(labels or spec.data.labels or []), spec.data.multi_label, spec.data.max_length,
+                   spec.model.method)
+
+    @classmethod
+    def prepare_data(cls, spec: Any, base: str | None, force: bool, tokenizer: Any = None) -> Any:
+        from tunelab.data import prepare
+
+        if tokenizer is None and base is not None:  # the base model's tokenizer measures lengths (too-long check)
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(base)
+        return prepare(spec.data, spec.training.seed, force, tokenizer=tokenizer)
+
     # -- model -------------------------------------------------------------------------------
-    def load_model(self, folder: str) -> torch.nn.Module:
+    def load_model(self, folder: str) -> Any:
         """Base encoder with a fresh classification head sized for our labels."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from tunelab.catalog import hub_error
+
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
             return AutoModelForSequenceClassification.from_pretrained(
@@ -62,76 +85,79 @@ class TextClassification:
                 raise
             raise hub_error(folder, err) from None
 
-    def peft_task_type(self) -> str:
-        return "SEQ_CLS"
+    def apply_method(self, model: Any, spec: Any) -> Any:
+        from tunelab.train import methods
+
+        return methods.apply(model, spec, peft_task_type="SEQ_CLS")
+
+    def param_groups(self, model: Any, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        from tunelab.train.optim import decay_groups
+
+        return decay_groups(model, lr, weight_decay)
+
+    def on_epoch_start(self, model: Any, epoch: int) -> None:
+        """Nothing changes between epochs."""
 
     # -- data ---------------------------------------------------------------------------------
     def target(self, label: Any) -> Any:
-        if self.multi_label:
-            vec = [0.0] * len(self.labels)
-            for lab in label:
-                vec[self.label2id[lab]] = 1.0
-            return vec
-        return self.label2id[label]
+        return self.space.target(label)
 
-    def encode(self, ds: datasets.Dataset, with_labels: bool = True) -> EncodedSplit:
+    def encode(self, ds: Any, with_labels: bool = True) -> EncodedSplit:
         enc = self.tokenizer(list(ds["text"]), truncation=True, max_length=self.max_length)
         features = [{"input_ids": ids, "attention_mask": mask} for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
         strata = ["?"] * len(features)
         if with_labels:
             for f, label in zip(features, ds["label"]):
                 f["labels"] = self.target(label)
-            strata = [stratify_key(lab) for lab in ds["label"]]
+            strata = self.space.strata(ds["label"])
         return EncodedSplit(features, strata)
 
-    def collator(self) -> DataCollatorWithPadding:
+    def collator(self) -> Any:
+        from transformers import DataCollatorWithPadding
+
         return DataCollatorWithPadding(self.tokenizer)
 
+    def train_loader(self, encoded: EncodedSplit, spec: Any) -> tuple[Any, Any]:
+        return classifier_train_loader(encoded, self.collator(), spec)
+
     # -- outputs -> predictions -> metrics ------------------------------------------------------
-    def predict_ids(self, logits: np.ndarray) -> np.ndarray:
-        if self.multi_label:
-            return (logits > 0).astype(int)
-        return logits.argmax(-1)
+    def truth(self, ds: Any) -> np.ndarray:
+        return self.space.truth(list(ds["label"]))
 
-    def truth(self, ds: datasets.Dataset) -> np.ndarray:
-        return np.array([self.target(lab) for lab in ds["label"]]).astype(int)
+    def format_predictions(self, texts: list[str], logits: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
+        return self.space.format_predictions(texts, logits, top_k)
 
-    def metrics(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-        return classification_metrics(y_true, y_pred, self.labels, self.multi_label)
+    def report_extras(self, model: Any, split: Any, logits: np.ndarray) -> dict[str, Any]:
+        return {}
 
-    def loss(self, logits: np.ndarray, truth: np.ndarray) -> float:
-        """Mean loss over a whole split, computed from gathered logits (exact under several processes)."""
-        x = torch.from_numpy(logits).float()
-        if self.multi_label:
-            return float(torch.nn.functional.binary_cross_entropy_with_logits(x, torch.from_numpy(truth).float()))
-        return float(torch.nn.functional.cross_entropy(x, torch.from_numpy(truth).long()))
+    def read_labelled(self, source: str, spec: Any) -> Any:
+        """A labelled table to score the run on; the doctor's errors (but single-class) stop it."""
+        from tunelab.data import DataError, read_source
+        from tunelab.data.doctor import DoctorContext, run_checks
 
-    def scores(self, logits: np.ndarray) -> np.ndarray:
-        if self.multi_label:
-            return 1.0 / (1.0 + np.exp(-logits))
-        shifted = np.exp(logits - logits.max(-1, keepdims=True))
-        return shifted / shifted.sum(-1, keepdims=True)
+        ds = read_source(source, spec.data.text_column, spec.data.label_column, spec.data.multi_label,
+                         spec.data.label_separator)
+        errors = [f for f in run_checks(DoctorContext({"data": ds}, self.labels, spec.data.multi_label))
+                  if f.severity == "error" and f.check != "single-class"]
+        if errors:
+            raise DataError(f"{source}: cannot score:\n" + "\n".join(f.render() for f in errors))
+        return ds
 
     # -- baseline -------------------------------------------------------------------------------
-    def baseline(self, folder: str, train: datasets.Dataset, splits: dict[str, datasets.Dataset],
-                 template: str = "{label}") -> tuple[str, dict[str, dict[str, Any]]]:
+    def baseline(self, folder: str, train: Any, splits: dict[str, Any], spec: Any) -> tuple[str, dict[str, Any]]:
         """Score the untuned model: zero-shot by nearest label-name embedding for a sentence encoder,
         otherwise the majority class of the training data. Returns (method description, metrics per split)."""
+        from tunelab.catalog import is_sentence_encoder
+
+        template = spec.evaluation.zero_shot_template
         if is_sentence_encoder(folder):
             predict, method = self._zero_shot(folder, template, train), f"zero-shot: nearest label embedding ('{template}')"
         else:
-            predict, method = self._majority(train), "majority class of the training data"
+            majority = self.space.majority(list(train["label"]))
+            predict, method = (lambda texts: majority(len(texts))), "majority class of the training data"
         return method, {name: self.metrics(self.truth(ds), predict(list(ds["text"]))) for name, ds in splits.items()}
 
-    def _majority(self, train: datasets.Dataset):
-        counts = Counter(lab for value in train["label"] for lab in (value if isinstance(value, list) else [value]))
-        if self.multi_label:
-            row = np.array([int(counts[lab] >= len(train) / 2) for lab in self.labels])
-            return lambda texts: np.tile(row, (len(texts), 1))
-        top = self.label2id[counts.most_common(1)[0][0]]
-        return lambda texts: np.full(len(texts), top)
-
-    def _zero_shot(self, folder: str, template: str, train: datasets.Dataset | None = None):
+    def _zero_shot(self, folder: str, template: str, train: Any = None):
         from sentence_transformers import SentenceTransformer
 
         encoder = SentenceTransformer(folder, device="cpu")
@@ -152,28 +178,40 @@ class TextClassification:
 
         return predict
 
-    # -- inference from a saved folder ------------------------------------------------------------
+    # -- saving and inference from a saved folder -------------------------------------------------
+    def save(self, model: Any, run_dir: Path) -> None:
+        """model/: plain transformers folder (LoRA merged); adapter/: the peft adapter for LoRA runs."""
+        from tunelab.run import RunDir
+        from tunelab.run.files import atomic_dir
+        from tunelab.train import methods
+
+        run = RunDir(run_dir)
+        if methods.is_peft(model):
+            with atomic_dir(run.adapter) as tmp:
+                model.save_pretrained(tmp)
+        with atomic_dir(run.model) as tmp:
+            methods.merged(model).save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+
     @staticmethod
-    def load_saved(model_dir: str | Path) -> tuple[torch.nn.Module, Any]:
+    def load_saved(model_dir: str | Path) -> tuple[Any, Any]:
         """A saved run model, loaded with plain transformers from safetensors only."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
         return model.eval(), AutoTokenizer.from_pretrained(model_dir)
 
     @classmethod
-    def from_saved(cls, model_dir: str | Path, max_length: int = 256) -> tuple["TextClassification", torch.nn.Module]:
+    def from_model_dir(cls, model_dir: str | Path, max_length: int = 256) -> tuple["TextClassification", Any]:
+        """(task, model) from a model folder (a run's model/ or any fine-tuned classifier folder)."""
         model, tokenizer = cls.load_saved(model_dir)
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         task = cls(labels, model.config.problem_type == "multi_label_classification", max_length)
         task.tokenizer = tokenizer
         return task, model
 
-    def format_predictions(self, texts: list[str], logits: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
-        out = []
-        for text, row in zip(texts, self.scores(logits)):
-            ranked = sorted(zip(self.labels, row.tolist()), key=lambda x: -x[1])
-            if self.multi_label:
-                pred: Any = [lab for lab, s in ranked if s > 0.5]
-                out.append({"text": text, "labels": pred, "scores": dict(ranked[:top_k])})
-            else:
-                out.append({"text": text, "label": ranked[0][0], "score": ranked[0][1], "scores": dict(ranked[:top_k])})
-        return out
+    @classmethod
+    def from_saved(cls, run_dir: Path, spec: Any) -> tuple["TextClassification", Any]:
+        from tunelab.run import RunDir
+
+        return cls.from_model_dir(RunDir(run_dir).find_model(), spec.data.max_length)

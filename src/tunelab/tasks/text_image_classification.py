@@ -1,115 +1,97 @@
 """Classification from a text and an image together (a listing's title and photo, a report and its scan).
 
 Two pre-trained encoders — a text encoder (mean-pooled, e.g. the bundled MiniLM) and an image backbone
-(e.g. the bundled EfficientNet-Lite0) — feed a small fusion head (concatenate, LayerNorm, MLP). The
-encoders are fine-tuned with the head, or kept frozen (`model.freeze_encoders`). The report answers the
-question a team asks first — does the second input help? — by fitting the same kind of classifier on
-the frozen text features alone, the image features alone and both, on the same test split.
+(e.g. the bundled EfficientNet-Lite0) — feed a small fusion head (concatenate, LayerNorm, MLP;
+tunelab.vision.fusion). The encoders are fine-tuned with the head, or kept frozen
+(`model.freeze_encoders`). The report answers the question a team asks first — does the second input
+help? — by fitting the same kind of classifier on the frozen text features alone, the image features
+alone and both, on the same test split.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import datasets
 import numpy as np
-import torch
-from torch import nn
-from transformers.modeling_outputs import SequenceClassifierOutput
+from pydantic import Field
 
-from tunelab.artifacts import atomic_dir
-from tunelab.data.doctor import column
-from tunelab.data.split import stratify_key
-from tunelab.tasks import register_task
-from tunelab.tasks.image_classification import ImageClassification
-from tunelab.tasks.text_classification import EncodedSplit
+from tunelab.spec.schema import RunSpec, TaskRules
+from tunelab.tasks import base
+from tunelab.tasks.base import register_task
+from tunelab.tasks.image_classification import IMAGE_LEARNING_RATES, IMAGE_METHODS
+from tunelab.tasks.images import (ImageInputs, image_report_extras, majority_scores, nearest_centroids,
+                                  read_labelled_images)
+from tunelab.tasks.labels import EncodedSplit, LabelOutputs, LabelSpace, classifier_train_loader
+from tunelab.tasks.sections import ClassifierEvaluation, ClassifierTraining, TextImageData, TextImageModel
 
 CONFIG = "tunelab_text_image.json"
 
 
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+class TextImageClassificationSpec(RunSpec):
+    RULES: ClassVar[TaskRules] = TaskRules(methods=IMAGE_METHODS, batchings=("length-mixed", "random"),
+                                           metrics=("macro_f1", "accuracy", "micro_f1"), max_length=256,
+                                           learning_rates=IMAGE_LEARNING_RATES)
+    FAMILY: ClassVar[str] = base.CLASSIFY
 
-
-class TextImageClassifier(nn.Module):
-    """Text encoder + image backbone + fusion head; forward returns loss and logits like any classifier."""
-
-    def __init__(self, text_encoder: nn.Module, image_model: nn.Module, num_labels: int, hidden: int = 256,
-                 dropout: float = 0.1) -> None:
-        super().__init__()
-        self.text_encoder, self.image_model = text_encoder, image_model
-        text_dim = text_encoder.config.hidden_size
-        image_dim = image_model.head.in_features if hasattr(image_model.head, "in_features") else hidden
-        self.fusion = nn.Sequential(nn.LayerNorm(text_dim + image_dim), nn.Linear(text_dim + image_dim, hidden),
-                                    nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_labels))
-        self.config: dict[str, Any] = {"num_labels": num_labels, "hidden": hidden, "dropout": dropout}
-
-    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
-        return mean_pool(out.last_hidden_state, attention_mask)
-
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.image_model.features(pixel_values)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-                labels: torch.Tensor | None = None, **_: Any) -> SequenceClassifierOutput:
-        both = torch.cat([self.text_features(input_ids, attention_mask), self.image_features(pixel_values)], dim=-1)
-        logits = self.fusion(both)
-        loss = nn.functional.cross_entropy(logits.float(), labels.long()) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
-
-
-class TextImageCollator:
-    """Tokenised texts (padded to the batch's longest) and pixels, with labels when present."""
-
-    def __init__(self, tokenizer: Any, pixels: Any, max_length: int) -> None:
-        self.tokenizer, self.pixels, self.max_length = tokenizer, pixels, max_length
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.pixels, "set_epoch"):
-            self.pixels.set_epoch(epoch)
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.pixels([{k: f[k] for k in ("image", "labels") if k in f} for f in features])
-        text = self.tokenizer([f["text"] for f in features], padding=True, truncation=True,
-                              max_length=self.max_length, return_tensors="pt")
-        batch.update(input_ids=text["input_ids"], attention_mask=text["attention_mask"])
-        return batch
+    model: TextImageModel = Field(default_factory=TextImageModel,
+                                  description="Text encoder (base), image backbone (image_base) and method.")
+    data: TextImageData = Field(..., description="Where the labelled text+image pairs come from and how to read them.")
+    training: ClassifierTraining = Field(default_factory=ClassifierTraining, description="Optimisation settings.")
+    evaluation: ClassifierEvaluation = Field(default_factory=ClassifierEvaluation, description="How models are scored.")
 
 
 @register_task("text-image-classification")
-class TextImageClassification(ImageClassification):
+class TextImageClassification(LabelOutputs):
+    family = base.CLASSIFY
+    library = "tunelab"
+    pipeline_tag = "image-classification"
+    spec_class = TextImageClassificationSpec
+    template_values: ClassVar[dict[str, Any]] = {"data": {"train": "pairs.csv"}}
     input_kind = "text+image"
+    routes = ("/v1/classify",)
+    capabilities = frozenset({base.EVALUATE, base.PREDICT})
+    checkpoint_everything = True  # small models; keeps a resumed run exact whatever trains
 
-    def __init__(self, labels: list[str], multi_label: bool = False, max_length: int = 128, method: str = "full",
-                 image_size: int | None = None, augment: str = "default", seed: int = 42,
-                 image_base: str = "efficientnet-lite0", freeze_encoders: bool = False) -> None:
-        super().__init__(labels, max_length=max_length, method=method, image_size=image_size, augment=augment, seed=seed)
+    def __init__(self, labels: list[str], max_length: int = 128, method: str = "full", image_size: int | None = None,
+                 augment: str = "default", seed: int = 42, image_base: str = "efficientnet-lite0",
+                 freeze_encoders: bool = False) -> None:
+        self.space = LabelSpace(labels)
+        self.labels, self.multi_label, self.label2id = self.space.labels, False, self.space.label2id
+        self.max_length, self.method = max_length, method
+        self.images = ImageInputs(image_size, augment, seed)
         self.image_base, self.freeze_encoders = image_base, freeze_encoders
+        self.tokenizer: Any = None
+        self.extra_baselines: dict[str, dict[str, Any]] = {}
+        self.modality_table: dict[str, dict[str, Any]] = {}
+        self._train_collator: Any = None
+
+    @property
+    def processing(self) -> Any:
+        return self.images.processing
 
     @classmethod
-    def for_spec(cls, spec: Any, labels: list[str]) -> "TextImageClassification":
-        return cls(labels, max_length=spec.data.max_length, method=spec.model.method, image_size=spec.data.image_size,
-                   augment=spec.data.augment, seed=spec.training.seed, image_base=spec.model.image_base,
-                   freeze_encoders=spec.model.freeze_encoders)
+    def from_spec(cls, spec: Any, labels: list[str] | None = None) -> "TextImageClassification":
+        return cls(list(labels or spec.data.labels or []), max_length=spec.data.max_length, method=spec.model.method,
+                   image_size=spec.data.image_size, augment=spec.data.augment, seed=spec.training.seed,
+                   image_base=spec.model.image_base, freeze_encoders=spec.model.freeze_encoders)
 
-    @staticmethod
-    def prepare_data(spec: Any, force: bool) -> Any:
+    @classmethod
+    def prepare_data(cls, spec: Any, base: str, force: bool, tokenizer: Any = None) -> Any:
         from tunelab.data.image_data import prepare_images
 
         return prepare_images(spec.data, spec.training.seed, force, with_text=True)
 
     # -- model ------------------------------------------------------------------------------------
-    def load_model(self, base: str) -> nn.Module:
+    def load_model(self, base: str) -> Any:
         """BASE is the text encoder; the image backbone comes from model.image_base."""
         from transformers import AutoModel, AutoTokenizer
 
         from tunelab import catalog
+        from tunelab.vision.fusion import TextImageClassifier
 
-        image_model = super().load_model(catalog.resolve(self.image_base))
+        image_model = self.images.build_model(catalog.resolve(self.image_base), self.labels)
         self.tokenizer = AutoTokenizer.from_pretrained(base)
         text_encoder = AutoModel.from_pretrained(base)
         model = TextImageClassifier(text_encoder, image_model, len(self.labels))
@@ -117,49 +99,67 @@ class TextImageClassification(ImageClassification):
                             id2label=dict(enumerate(self.labels)))
         return model
 
-    def apply_method(self, model: nn.Module, spec: Any) -> nn.Module:
+    def apply_method(self, model: Any, spec: Any) -> Any:
         for p in model.parameters():
             p.requires_grad_(not self.freeze_encoders)
         for p in model.fusion.parameters():
             p.requires_grad_(True)
         return model
 
-    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    def param_groups(self, model: Any, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Encoders at a tenth of the head's learning rate: the head starts from random, they do not."""
-        encoders = [p for m in (model.text_encoder, model.image_model) for p in m.parameters()]
-        head = list(model.fusion.parameters())
-        split = lambda ps, rate: [{"params": [p for p in ps if p.ndim >= 2], "lr": rate, "weight_decay": weight_decay},
-                                  {"params": [p for p in ps if p.ndim < 2], "lr": rate, "weight_decay": 0.0}]
-        groups = split(head, lr) + ([] if self.freeze_encoders else split(encoders, lr / 10))
-        return [g for g in groups if g["params"]]
+        from tunelab.train.optim import split_decay
 
-    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        encoders = [p for m in (model.text_encoder, model.image_model) for p in m.parameters()]
+        groups = split_decay(model, model.fusion.parameters(), lr, weight_decay, "head")
+        if not self.freeze_encoders:
+            groups += split_decay(model, encoders, lr / 10, weight_decay, "encoders")
+        return groups
+
+    def on_epoch_start(self, model: Any, epoch: int) -> None:
         if self._train_collator is not None:
             self._train_collator.set_epoch(epoch)
 
     # -- data ---------------------------------------------------------------------------------
-    def encode(self, ds: datasets.Dataset, with_labels: bool = True) -> EncodedSplit:
+    def encode(self, ds: Any, with_labels: bool = True) -> EncodedSplit:
+        from tunelab.data.doctor import column
+
         features = [{"image": path, "text": text} for path, text in zip(column(ds, "image"), column(ds, "text"))]
         strata = ["?"] * len(features)
         if with_labels:
             labels = column(ds, "label")
             for f, label in zip(features, labels):
                 f["labels"] = self.label2id[label]
-            strata = [stratify_key(lab) for lab in labels]
+            strata = self.space.strata(labels)
         return EncodedSplit(features, strata, lengths=[len(f["text"]) for f in features])
 
-    def collator(self) -> TextImageCollator:
-        return TextImageCollator(self.tokenizer, super().collator(), self.max_length)
+    def collator(self) -> Any:
+        from tunelab.vision.fusion import TextImageCollator
 
-    def train_collator(self) -> TextImageCollator:
-        pixels = super().train_collator()
-        self._train_collator = TextImageCollator(self.tokenizer, pixels, self.max_length)
-        return self._train_collator
+        return TextImageCollator(self.tokenizer, self.images.collator(), self.max_length)
+
+    def train_loader(self, encoded: EncodedSplit, spec: Any) -> tuple[Any, Any]:
+        from tunelab.vision.fusion import TextImageCollator
+
+        self._train_collator = TextImageCollator(self.tokenizer, self.images.train_collator(), self.max_length)
+        return classifier_train_loader(encoded, self._train_collator, spec)
+
+    def truth(self, ds: Any) -> np.ndarray:
+        from tunelab.data.doctor import column
+
+        return np.array([self.label2id[lab] for lab in column(ds, "label")])
+
+    def format_predictions(self, inputs: list[str], logits: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
+        return self.space.format_predictions(inputs, logits, top_k, key="image")
+
+    def read_labelled(self, source: str, spec: Any) -> Any:
+        return read_labelled_images(source, spec.data, self.labels, with_text=True)
 
     # -- baseline and the modality comparison -------------------------------------------------------
-    def frozen_features(self, model: TextImageClassifier, ds: datasets.Dataset,
-                        batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    def frozen_features(self, model: Any, ds: Any, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """L2-normalised (text, image) features of the untuned encoders."""
+        import torch
+
         collate = self.collator()
         rows = self.encode(ds, with_labels=False).features
         text, image = [], []
@@ -172,18 +172,12 @@ class TextImageClassification(ImageClassification):
         norm = lambda x: x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
         return norm(np.concatenate(text)), norm(np.concatenate(image))
 
-    def baseline(self, folder: str, train: datasets.Dataset, splits: dict[str, datasets.Dataset],
-                 template: str = "") -> tuple[str, dict[str, dict[str, Any]]]:
+    def baseline(self, folder: str, train: Any, splits: dict[str, Any], spec: Any) -> tuple[str, dict[str, Any]]:
         """Nearest centroid on the frozen text+image features; majority class and the frozen-feature
         modality comparison (logistic regression on text only / image only / both) are kept too."""
-        from collections import Counter
-
         from sklearn.linear_model import LogisticRegression
 
-        counts = Counter(column(train, "label"))
-        top = self.label2id[counts.most_common(1)[0][0]]
-        self.extra_baselines = {"majority class of the training data": {
-            name: self.metrics(self.truth(ds), np.full(len(ds), top)) for name, ds in splits.items()}}
+        self.extra_baselines = majority_scores(self, train, splits)
         model = self.load_model(folder)
         y = self.truth(train)
         train_t, train_i = self.frozen_features(model, train)
@@ -204,10 +198,10 @@ class TextImageClassification(ImageClassification):
             scores[name] = self.metrics(self.truth(ds), (np.hstack([t, i]) @ centroids.T).argmax(-1))
         return "nearest centroid on the frozen text + image features", scores
 
-    def report_extras(self, model: nn.Module, split: datasets.Dataset, logits: np.ndarray) -> dict[str, Any]:
-        extras = super().report_extras(model, split, logits)
+    def report_extras(self, model: Any, split: Any, logits: np.ndarray) -> dict[str, Any]:
+        extras = image_report_extras(self, split, logits, self.extra_baselines)
         table = {k: {m: v for m, v in r.items() if not isinstance(v, (dict, list))}
-                 for k, r in getattr(self, "modality_table", {}).items()}
+                 for k, r in self.modality_table.items()}
         table["text + image (fine-tuned fusion model)"] = {
             m: v for m, v in self.metrics(self.truth(split), logits.argmax(-1)).items() if not isinstance(v, (dict, list))}
         extras.update(modality_table=table, modality_note="Same test examples in every row. The first three fit a "
@@ -215,14 +209,16 @@ class TextImageClassification(ImageClassification):
         return extras
 
     # -- saving and inference ----------------------------------------------------------------------
-    def save_model(self, model: nn.Module, folder: Path) -> None:
+    def save(self, model: Any, run_dir: Path) -> None:
         """model/: text_encoder/ (transformers folder + tokenizer), image_model/ (tunelab image folder),
         fusion.safetensors, the preprocessing config and tunelab_text_image.json."""
         from safetensors.torch import save_file
 
+        from tunelab.run import RunDir
+        from tunelab.run.files import atomic_dir
         from tunelab.vision.models import save_image_model
 
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(RunDir(run_dir).model) as tmp:
             model.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
             self.tokenizer.save_pretrained(tmp / "text_encoder")
             save_image_model(model.image_model, tmp / "image_model")
@@ -235,21 +231,23 @@ class TextImageClassification(ImageClassification):
             (tmp / "config.json").write_text(json.dumps({"tunelab_task": "text-image-classification"}) + "\n")
 
     @classmethod
-    def from_saved(cls, model_dir: str | Path, max_length: int = 128) -> tuple["TextImageClassification", nn.Module]:
+    def from_saved(cls, run_dir: Path, spec: Any) -> tuple["TextImageClassification", Any]:
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
+        from tunelab.run import RunDir
+        from tunelab.vision.fusion import TextImageClassifier
         from tunelab.vision.models import load_image_model
         from tunelab.vision.transforms import ImageProcessing
 
-        folder = Path(model_dir)
+        folder = RunDir(run_dir).find_model()
         cfg = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
         labels = [cfg["id2label"][str(i)] for i in range(cfg["num_labels"])]
         text_encoder = AutoModel.from_pretrained(folder / "text_encoder", use_safetensors=True)
         model = TextImageClassifier(text_encoder, load_image_model(folder / "image_model"), cfg["num_labels"],
                                     cfg["hidden"], cfg["dropout"])
         model.fusion.load_state_dict(load_file(str(folder / "fusion.safetensors")))
-        task = cls(labels, max_length=cfg.get("max_length", max_length))
+        task = cls(labels, max_length=cfg.get("max_length", spec.data.max_length))
         task.tokenizer = AutoTokenizer.from_pretrained(folder / "text_encoder")
-        task.processing = ImageProcessing.load(folder)
+        task.images.processing = ImageProcessing.load(folder)
         return task, model.eval()

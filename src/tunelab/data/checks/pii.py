@@ -18,7 +18,7 @@ from typing import Any
 
 import datasets
 
-from tunelab.data.doctor import MAX_EXAMPLES, DoctorContext, Finding, register_check
+from tunelab.data.findings import MAX_EXAMPLES, DoctorContext, Finding, register_check
 from tunelab.data.pii import KINDS, PREFILTER, PREFILTER_RE, find_pii, mask
 
 _NAMES = {"EMAIL": "e-mail address(es)", "PHONE": "phone number(s)", "CARD": "payment card number(s)",

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.doctor import MAX_EXAMPLES, DoctorContext, Finding, Severity, register_check
+from tunelab.data.findings import MAX_EXAMPLES, DoctorContext, Finding, Severity, register_check
 from tunelab.data.sources import DataError, Row, _decode, _rows
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "function"})

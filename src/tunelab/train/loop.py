@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from tunelab.artifacts import checkpoint_path, load_checkpoint, load_weights, save_checkpoint
-from tunelab.sampling import LengthMixedBatchSampler, RandomBatchSampler
-from tunelab.spec import RunSpec
+from tunelab.spec.schema import RunSpec
+from tunelab.train.checkpoints import checkpoint_path, load_checkpoint, load_weights, save_checkpoint
+from tunelab.train.optim import adamw
 
 
 @dataclass
@@ -40,23 +40,6 @@ class TrainState:
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
     step_losses: list[list[float]] = field(default_factory=list)  # [global_step, loss]
-
-
-def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and normalisation weights (the usual BERT recipe)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return _fused_adamw(groups, lr)
-
-
-def _fused_adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
-    try:  # the fused kernel (CPU and CUDA since torch 2.4) is what HF Trainer uses by default too
-        return torch.optim.AdamW(groups, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # e.g. a device without the fused kernel: the plain loop
-        return torch.optim.AdamW(groups, lr=lr)
 
 
 def predict_logits(model: torch.nn.Module, encoded: Any, collator: Any, batch_size: int,
@@ -85,16 +68,6 @@ def predict_logits(model: torch.nn.Module, encoded: Any, collator: Any, batch_si
     return out
 
 
-def _epoch_row(epoch: int, losses: list[float], train_true: list, train_pred: list, val: dict[str, Any],
-               task: Any, lr: float) -> dict[str, Any]:
-    row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"), "lr": lr}
-    if task is not None:  # classifiers: the task metric on the training batches as they were seen
-        train_metrics = task.metrics(np.array(train_true), np.array(train_pred))
-        row.update({f"train_{k}": train_metrics[k] for k in task.metric_names})
-    row.update({f"val_{k}": v for k, v in val.items() if not isinstance(v, (dict, list))})
-    return row
-
-
 def evaluate_split(model: torch.nn.Module, task: Any, encoded: Any, truth: np.ndarray, batch_size: int,
                    accelerator: Accelerator | None = None, desc: str = "validation") -> dict[str, Any]:
     """Task metrics and loss of MODEL on one encoded split."""
@@ -108,28 +81,17 @@ def split_metrics(task: Any, logits: np.ndarray, truth: np.ndarray) -> dict[str,
     return metrics
 
 
-def fit(model: torch.nn.Module, task: Any, train: Any, validation: Any, val_truth: np.ndarray | None, spec: RunSpec,
-        run_dir: Path, accelerator: Accelerator, resume: bool = False,
-        evaluate: Callable[[torch.nn.Module], dict[str, Any]] | None = None) -> TrainState:
-    """Train with warmup + linear decay, score the validation split each epoch, stop early, and
-    leave the best epoch's weights in MODEL. Checkpoints go to run_dir/checkpoints (main process).
+def fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: Path, accelerator: Accelerator,
+        evaluate: Callable[[torch.nn.Module], dict[str, Any]], resume: bool = False) -> TrainState:
+    """Train with warmup + linear decay, score the validation split each epoch with EVALUATE (the recipe's:
+    task metrics for classifiers, loss and generation metrics for LMs), stop early, and leave the best
+    epoch's weights in MODEL. Checkpoints go to run_dir/checkpoints (main process).
 
-    Classifiers are scored by `evaluate_split`; generative tasks pass EVALUATE (validation loss, and
-    generation metrics when asked) and bring their own batching and loss (`task.train_loader`,
-    `task.step_loss`)."""
+    TASK (tunelab.tasks.base.Task) brings the batching (`train_loader`), the step's loss (`training_step`),
+    the optimizer groups (`param_groups`) and what changes between epochs (`on_epoch_start`)."""
     t = spec.training
-    generative = getattr(task, "generative", False)
-    if generative:
-        loader, sampler = task.train_loader(train, t.batch_size, t.seed)
-    else:
-        sampler_cls = LengthMixedBatchSampler if t.batching == "length-mixed" else RandomBatchSampler
-        sampler = sampler_cls(train.lengths, train.strata, t.batch_size, t.seed)
-        collate = task.train_collator() if hasattr(task, "train_collator") else task.collator()  # e.g. augmentation
-        loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate)
-    if hasattr(task, "param_groups"):  # e.g. discriminative learning rates by layer group
-        optimizer = _fused_adamw(task.param_groups(model, spec.learning_rate, t.weight_decay), spec.learning_rate)
-    else:
-        optimizer = _optimizer(model, spec.learning_rate, t.weight_decay)
+    loader, sampler = task.train_loader(train, spec)
+    optimizer = adamw(task.param_groups(model, spec.learning_rate, t.weight_decay), spec.learning_rate)
     state = TrainState()
     checkpoint = checkpoint_path(run_dir) if resume else None
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -145,29 +107,23 @@ def fit(model: torch.nn.Module, task: Any, train: Any, validation: Any, val_trut
         if accelerator.is_main_process:
             extra = (optimizer, scheduler) if pointer == "LATEST" else (None, None)
             save_checkpoint(run_dir, tag, accelerator.unwrap_model(model), asdict(state), *extra, pointer=pointer,
-                            everything=getattr(task, "checkpoint_everything", False))
+                            everything=task.checkpoint_everything)
 
     model.train()
     for epoch in range(state.epoch, t.epochs):
         if state.stopped_early:
             break
         sampler.set_epoch(epoch)
-        if hasattr(task, "on_epoch_start"):  # e.g. gradual unfreezing, augmentation seeds
-            task.on_epoch_start(accelerator.unwrap_model(model), epoch)
+        task.on_epoch_start(accelerator.unwrap_model(model), epoch)  # e.g. gradual unfreezing, augmentation seeds
         epoch_loader = skip_first_batches(loader, state.step_in_epoch) if state.step_in_epoch else loader
         losses: list[float] = []
-        train_true: list = []
-        train_pred: list = []
+        seen: list[Any] = []  # what the task's training metrics need from each batch
         epoch_started = time.perf_counter()
         bar = tqdm(epoch_loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not accelerator.is_main_process,
                    leave=False)
         for batch in bar:
             with accelerator.accumulate(model):
-                if generative:
-                    step_loss, _ = task.step_loss(model, batch)
-                else:
-                    out = model(**batch)
-                    step_loss = out.loss
+                step_loss, tracked = task.training_step(model, batch)
                 accelerator.backward(step_loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
@@ -176,9 +132,8 @@ def fit(model: torch.nn.Module, task: Any, train: Any, validation: Any, val_trut
                 optimizer.zero_grad(set_to_none=True)
             loss = step_loss.detach().float().item()
             losses.append(loss)
-            if not generative:
-                train_true.extend(batch["labels"].long().cpu().numpy().tolist())
-                train_pred.extend(task.predict_ids(out.logits.detach().float().cpu().numpy()).tolist())
+            if tracked is not None:
+                seen.append(tracked)
             state.step_in_epoch += 1
             if accelerator.sync_gradients:
                 state.global_step += 1
@@ -187,12 +142,10 @@ def fit(model: torch.nn.Module, task: Any, train: Any, validation: Any, val_trut
                 if t.checkpoint_steps and state.global_step % t.checkpoint_steps == 0:
                     save(f"step-{state.global_step:07d}")
         train_seconds = time.perf_counter() - epoch_started
-        if evaluate is not None:
-            val = evaluate(model)
-        else:
-            val = evaluate_split(model, task, validation, val_truth, t.eval_batch_size, accelerator)
-        row = _epoch_row(epoch, losses, train_true, train_pred, val, None if generative else task,
-                         scheduler.get_last_lr()[0])
+        val = evaluate(model)
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+               "lr": scheduler.get_last_lr()[0], **task.train_metrics(seen)}
+        row.update({f"val_{k}": v for k, v in val.items() if not isinstance(v, (dict, list))})
         row.update(train_seconds=round(train_seconds, 2),
                    val_seconds=round(time.perf_counter() - epoch_started - train_seconds, 2))
         state.history.append(row)

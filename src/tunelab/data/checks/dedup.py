@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tunelab.data import dedup
-from tunelab.data.doctor import MAX_EXAMPLES, DoctorContext, Finding, register_check
+from tunelab.data.findings import MAX_EXAMPLES, DoctorContext, Finding, register_check
 
 PARAMS = dedup.NearDupParams()
 SPLIT_ORDER = ("train", "validation", "test")  # leakage looks for each split's texts in the earlier ones

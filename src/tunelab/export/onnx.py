@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.artifacts import atomic_dir, write_json
-from tunelab.onnx_encoder import ATOL, INT8_MAX_METRIC_DROP, INT8_MIN_AGREEMENT, RTOL
-from tunelab.recipe import RunError, load_run_spec
+from tunelab.run import RunDir
+from tunelab.run.files import atomic_dir, write_json
+from tunelab.export.onnx_encoder import ATOL, INT8_MAX_METRIC_DROP, INT8_MIN_AGREEMENT, RTOL
+from tunelab.run import RunError, load_run_spec
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
 
@@ -49,26 +50,26 @@ def export_onnx(run: str | Path, out_dir: str | Path | None = None, quantize: st
                 threads: int = 1) -> dict[str, Any]:
     """Write RUN's text classifier to OUT_DIR (default RUN/export/onnx) and verify it; returns the
     verification record (also written as verification.json). Raises ExportMismatch when it does not match."""
-    from tunelab.evaluate_run import _model_dir
-    from tunelab.evaluation import headline
-    from tunelab.onnx_encoder import (ExportError, OnnxEncoder, check_int8, export_encoder, pad_batches,
+    from tunelab.evaluate.metrics import headline
+    from tunelab.export.onnx_encoder import (ExportError, OnnxEncoder, check_int8, export_encoder, pad_batches,
                                        probe_batches, quantize_int8, verify)
-    from tunelab.tasks import get_task
-    from tunelab.training import predict_logits
+    from tunelab.tasks import base, get_task
+    from tunelab.train.loop import predict_logits
 
     run = Path(run)
     spec = load_run_spec(run)
-    if spec.task != "text-classification":
+    task_cls = get_task(spec.task)
+    if base.ONNX not in task_cls.capabilities:
         raise RunError(f"{run}: `export --onnx` writes text classifiers ({spec.task} run given); "
-                       + ("use `tunelab export RUN --merge` for chat and completion runs" if spec.generative
-                          else "image models are served with PyTorch (`tunelab serve`)"))
+                       + ("use `tunelab export RUN --merge` for chat and completion runs" if base.MERGE in
+                          task_cls.capabilities else "image models are served with PyTorch (`tunelab serve`)"))
     if quantize not in (None, "int8"):
         raise RunError(f"--quantize {quantize!r}: the only quantization is int8")
-    model_dir = _model_dir(run)
-    task, model = get_task(spec.task).from_saved(model_dir, spec.data.max_length)
+    model_dir = RunDir(run).find_model()
+    task, model = task_cls.from_saved(run, spec)
     model.eval()
     pad_id = task.tokenizer.pad_token_id or 0
-    dest = Path(out_dir) if out_dir else run / "export" / "onnx"
+    dest = Path(out_dir) if out_dir else RunDir(run).exports / "onnx"
     metric = spec.evaluation.metric if spec.evaluation.metric != "loss" else "accuracy"
     record: dict[str, Any] = {"run": str(run.resolve()), "task": spec.task, "labels": list(task.labels),
                               "multi_label": bool(task.multi_label), "max_length": spec.data.max_length,

@@ -21,7 +21,7 @@ import ftfy
 import ftfy.badness
 import numpy as np
 
-from tunelab.data.doctor import column, MAX_EXAMPLES, DoctorContext, Finding, register_check
+from tunelab.data.findings import MAX_EXAMPLES, DoctorContext, Finding, column, register_check
 
 MIN_WORDS = 3
 MAX_LOCATIONS = 1000  # flagged locations kept in details, for the report and the clean command

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.data.checks_text import column
-from tunelab.data.doctor import MAX_EXAMPLES, DoctorContext, Finding, register_check
+from tunelab.data.findings import MAX_EXAMPLES, DoctorContext, Finding, column, register_check
 
 MIN_EXAMPLES = 50  # below this, five folds leave too little to learn from
 MIN_PER_CLASS = 5  # one example per fold at least

@@ -1,19 +1,21 @@
-"""Adaptation methods: how much of the base model is trained. One registry entry per method.
+"""Adaptation methods for transformers models: how much of the base model is trained. One registry entry
+per method (full, lora, dora, qlora).
 
-`apply(model, spec, task)` returns the model to train; `finalize(model)` returns a plain transformers
-model for the `model/` folder (LoRA adapters merged) plus the adapter model to keep beside it, if any.
+`apply(model, spec, peft_task_type)` returns the model to train; `merged(model)` a plain transformers model
+for the `model/` folder (LoRA adapters folded in). Image models have their own strategies (linear probe,
+gradual unfreezing, discriminative learning rates, LoRA on attention) in tunelab.vision.strategies, a
+registry of the same kind that also sets parameter groups and per-epoch changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
-from tunelab.spec import RunSpec
+from tunelab.spec.schema import RunSpec
 
-METHODS: dict[str, Callable[[torch.nn.Module, RunSpec, Any], torch.nn.Module]] = {}
+METHODS: dict[str, Callable[[torch.nn.Module, RunSpec, str], torch.nn.Module]] = {}
 
 
 def register_method(name: str) -> Callable:
@@ -27,7 +29,7 @@ def register_method(name: str) -> Callable:
 
 
 @register_method("full")
-def apply_full(model: torch.nn.Module, spec: RunSpec, task: Any) -> torch.nn.Module:
+def apply_full(model: torch.nn.Module, spec: RunSpec, peft_task_type: str) -> torch.nn.Module:
     """Every weight is trained."""
     for p in model.parameters():
         p.requires_grad_(True)
@@ -35,31 +37,31 @@ def apply_full(model: torch.nn.Module, spec: RunSpec, task: Any) -> torch.nn.Mod
 
 
 @register_method("lora")
-def apply_lora(model: torch.nn.Module, spec: RunSpec, task: Any, use_dora: bool = False) -> torch.nn.Module:
+def apply_lora(model: torch.nn.Module, spec: RunSpec, peft_task_type: str, use_dora: bool = False) -> torch.nn.Module:
     """Low-rank adapters on the target modules (peft); a classifier's head stays fully trainable.
     'all-linear' means every linear layer except the output projection (peft's rule)."""
     from peft import LoraConfig, get_peft_model
 
     cfg = spec.model.lora
-    config = LoraConfig(task_type=task.peft_task_type(), r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+    config = LoraConfig(task_type=peft_task_type, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                         target_modules=cfg.target_modules, use_dora=use_dora)
     return get_peft_model(model, config)
 
 
 @register_method("dora")
-def apply_dora(model: torch.nn.Module, spec: RunSpec, task: Any) -> torch.nn.Module:
+def apply_dora(model: torch.nn.Module, spec: RunSpec, peft_task_type: str) -> torch.nn.Module:
     """DoRA: LoRA on the direction of each weight plus a trained magnitude vector (peft `use_dora`).
     Closer to full fine-tuning than LoRA at the same rank, for about 1.3x LoRA's step time."""
-    return apply_lora(model, spec, task, use_dora=True)
+    return apply_lora(model, spec, peft_task_type, use_dora=True)
 
 
 @register_method("qlora")
-def apply_qlora(model: torch.nn.Module, spec: RunSpec, task: Any) -> torch.nn.Module:
+def apply_qlora(model: torch.nn.Module, spec: RunSpec, peft_task_type: str) -> torch.nn.Module:
     """LoRA on a base loaded in 4-bit NF4 (the task loads it so); peft prepares the frozen 4-bit layers
     (fp32 norms, input gradients for checkpointing). CUDA only: `check_supported` refuses it elsewhere."""
     from peft import prepare_model_for_kbit_training
 
-    return apply_lora(prepare_model_for_kbit_training(model), spec, task)
+    return apply_lora(prepare_model_for_kbit_training(model), spec, peft_task_type)
 
 
 class MethodUnavailable(RuntimeError):
@@ -80,17 +82,19 @@ def check_supported(method: str) -> None:
         raise MethodUnavailable("model.method qlora needs bitsandbytes: pip install bitsandbytes") from None
 
 
-def apply(model: torch.nn.Module, spec: RunSpec, task: Any) -> torch.nn.Module:
-    """The model to train under spec.model.method; tasks with their own strategies (images) apply them."""
-    if hasattr(task, "apply_method"):
-        return task.apply_method(model, spec)
+def apply(model: torch.nn.Module, spec: RunSpec, peft_task_type: str) -> torch.nn.Module:
+    """The model to train under spec.model.method; PEFT_TASK_TYPE is peft's name for the model's head
+    (SEQ_CLS, CAUSAL_LM), which decides what an adapter keeps trainable beside the LoRA weights."""
     if spec.model.method not in METHODS:
         raise KeyError(f"unknown method '{spec.model.method}'; available: {', '.join(METHODS)}")
-    return METHODS[spec.model.method](model, spec, task)
+    return METHODS[spec.model.method](model, spec, peft_task_type)
 
 
 def is_peft(model: torch.nn.Module) -> bool:
-    return hasattr(model, "peft_config")
+    """Whether MODEL is a peft model (holds adapters)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
 
 
 def merged(model: torch.nn.Module) -> torch.nn.Module:

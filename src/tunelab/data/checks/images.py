@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from PIL import Image, UnidentifiedImageError
 
-from tunelab.data.doctor import MAX_EXAMPLES, DoctorContext, Finding, register_check
+from tunelab.data.findings import MAX_EXAMPLES, DoctorContext, Finding, register_check
 
 MIN_SIDE = 32  # below this most vision backbones upscale pure noise (ImageNet models expect 224)
 IMAGE_KINDS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WebP", "HEIC", "AVIF")

@@ -1,0 +1,87 @@
+"""fine_tune_classifier(spec) -> Run: the recipe of the classify family (text, image, text+image), top to bottom.
+
+plan -> prepare -> baseline -> adapt -> validate -> package. Each step is a plain function call on the task
+(tunelab.tasks.base.ClassifierTask); the run directory is what they leave behind, and what
+`tunelab evaluate / predict / serve` read later.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tunelab import __version__
+from tunelab.evaluate.metrics import compare, headline, overfitting_warning
+from tunelab.recipes.common import EVAL_SPLITS, Run, check_data, mark_completed, package, resolve_base, start_run
+from tunelab.reports import data_report
+from tunelab.reports.card import model_card
+from tunelab.reports.html import write_report
+from tunelab.run import RunDir
+from tunelab.run.files import write_text
+from tunelab.spec import RunSpec, dump_spec
+from tunelab.tasks import get_task
+from tunelab.train import methods
+from tunelab.train.loop import evaluate_split, fit, predict_logits, split_metrics
+
+
+def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = False, overwrite: bool = False) -> Run:
+    """Fine-tune spec.model.base on spec.data and leave a complete run directory behind."""
+    started = time.time()
+    accelerator, run_dir = start_run(spec, resume, overwrite, started)
+    main = accelerator.is_main_process
+
+    # plan: resolve the base model
+    base = resolve_base(spec)
+    task_cls = get_task(spec.task)
+
+    # prepare: read, check, split
+    prepared = task_cls.prepare_data(spec, base, force)
+    data_summary = check_data(prepared, force, run_dir, accelerator)
+    splits = prepared.splits
+    task = task_cls.from_spec(spec, prepared.labels)
+    model = task.load_model(base)
+    encoded = {name: task.encode(ds) for name, ds in splits.items()}
+    truth = {name: task.truth(splits[name]) for name in EVAL_SPLITS}
+
+    # baseline: the untuned model on the same validation and test examples
+    baseline_method, baseline = "not scored (evaluation.baseline: false)", {}
+    if spec.evaluation.baseline and main:
+        baseline_method, baseline = task.baseline(base, splits["train"], {n: splits[n] for n in EVAL_SPLITS}, spec)
+
+    # adapt
+    model = task.apply_method(model, spec)
+    batch = spec.training.eval_batch_size
+    state = fit(model, task, encoded["train"], spec, run_dir, accelerator, resume=resume,
+                evaluate=lambda m: evaluate_split(m, task, encoded["validation"], truth["validation"], batch, accelerator))
+    model = accelerator.unwrap_model(model)
+
+    # validate: the best epoch's weights, scored once on test
+    logits = {n: predict_logits(model, encoded[n], task.collator(), batch, accelerator, n) for n in EVAL_SPLITS}
+    fine_tuned = {n: split_metrics(task, logits[n], truth[n]) for n in EVAL_SPLITS}
+    if not main:
+        accelerator.wait_for_everyone()
+        return Run(run_dir, {}, state, {})
+
+    # package
+    metrics = {"baseline": {n: headline(m) for n, m in baseline.items()},
+               "fine_tuned": {n: headline(m) for n, m in fine_tuned.items()}}
+    comparison = compare(baseline["test"], fine_tuned["test"], spec.evaluation.metric) if baseline else {}
+    extras: dict[str, Any] = task.report_extras(model, splits["test"], logits["test"])  # the test logits scored above
+    task.save(model, run_dir)
+    details = {"baseline": baseline, "fine_tuned": fine_tuned, "baseline_method": baseline_method,
+               "extra_baselines": extras.get("extra_baselines", {}),
+               "comparison": comparison, "best_epoch": state.best_epoch, "stopped_early": state.stopped_early}
+    package(run_dir, metrics, details, state)
+    run = RunDir(run_dir)
+    warning = overfitting_warning(state.history, spec.evaluation.metric)
+    write_report(run.file(RunDir.REPORT), {
+        "name": run_dir.name, "spec": spec.model_dump(mode="json"), "spec_yaml": dump_spec(spec), "metrics": metrics,
+        "details": details, "history": state.history, "step_losses": state.step_losses, "labels": task.labels,
+        "metric": spec.evaluation.metric, "baseline_method": baseline_method, "warning": warning,
+        "findings": prepared.findings, "version": __version__, **extras})
+    write_text(run.file(RunDir.MODEL_CARD), model_card(spec, task, prepared, metrics, details,
+                                                       methods.trainable_summary(model),
+                                                       data_report.headline(data_summary)))
+    mark_completed(run_dir, state, started, resume, accelerator)
+    accelerator.wait_for_everyone()
+    return Run(run_dir, metrics, state, comparison)

@@ -1,0 +1,117 @@
+"""What every recipe shares: the start of a run, the data check, and the final packaging.
+
+A recipe (one per task family) reads top to bottom: start -> prepare -> baseline -> adapt -> validate ->
+package. The steps that are the same for every family live here, written once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from tunelab import __version__, catalog
+from tunelab.data import DataError, Prepared
+from tunelab.reports import data_report
+from tunelab.run import RunDir, RunError
+from tunelab.run.files import write_json, write_text
+from tunelab.spec import RunSpec, dump_spec
+from tunelab.train.checkpoints import checkpoint_path
+from tunelab.train.loop import TrainState
+
+EVAL_SPLITS = ("validation", "test")
+
+
+@dataclass
+class Run:
+    dir: Path
+    metrics: dict[str, Any]
+    state: TrainState
+    comparison: dict[str, Any]
+
+
+def _open_run_dir(spec: RunSpec, resume: bool, overwrite: bool, accelerator: Accelerator) -> Path:
+    """Create the run directory, or check that resuming into it is safe."""
+    run_dir = spec.run_dir()
+    stored = RunDir(run_dir).file(RunDir.SPEC)
+    if resume:
+        if checkpoint_path(run_dir) is None:
+            raise RunError(f"{run_dir}: no checkpoint to resume from; run without --resume")
+        if stored.is_file() and stored.read_text() != dump_spec(spec):
+            raise RunError(f"{run_dir}: the spec changed since this run started; resume with the same spec "
+                           "or start a new run (--name)")
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            hint = " or --resume to continue it" if checkpoint_path(run_dir) else ""
+            raise RunError(f"{run_dir} already exists; pass --overwrite to replace it{hint}")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(run_dir)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(stored, dump_spec(spec))
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def check_data(prepared: Prepared, force: bool, run_dir: Path, accelerator: Accelerator) -> dict[str, Any]:
+    """Write the data report; stop on errors unless forced (and then say so in the report)."""
+    sizes = {k: len(v) for k, v in prepared.splits.items()}
+    report = data_report.build(prepared.findings, sizes, prepared.files, forced=force and bool(prepared.errors))
+    if accelerator.is_main_process:
+        data_report.write(report, run_dir)
+        accelerator.print(f"data: {data_report.headline(report)}")
+    if prepared.errors and not force:
+        details = "\n".join(f.render() for f in prepared.errors)
+        raise DataError(f"the data has {len(prepared.errors)} error(s); fix them or pass --force "
+                        f"(report: {RunDir(run_dir).file(RunDir.DATA_REPORT)}):\n{details}")
+    return report
+
+
+def start_run(spec: RunSpec, resume: bool, overwrite: bool, started: float) -> tuple[Accelerator, Path]:
+    """The start every recipe shares: processes checked, seed set, run directory opened, run.json 'running'."""
+    accelerator = Accelerator(gradient_accumulation_steps=spec.training.gradient_accumulation_steps)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and accelerator.num_processes != world:
+        # torchrun started several processes, but each thinks it is alone: they would all write the run.
+        raise RunError(f"{world} processes were launched but accelerate sees {accelerator.num_processes}; "
+                       "on a machine without GPUs set ACCELERATE_USE_CPU=1 (see README, 'More than one machine')")
+    set_seed(spec.training.seed)
+    run_dir = _open_run_dir(spec, resume, overwrite, accelerator)
+    if accelerator.is_main_process:
+        write_json(RunDir(run_dir).file(RunDir.STATUS), {"status": "running", "started": started, "tunelab": __version__,
+                                          "processes": accelerator.num_processes})
+    return accelerator, run_dir
+
+
+
+
+def resolve_base(spec: RunSpec) -> str:
+    """plan: the base model as a local folder (bundled name, folder or hub id), checked to be loadable."""
+    base = catalog.resolve(spec.model.base)
+    catalog.check_loadable(base)
+    return base
+
+
+def package(run_dir: Path, metrics: dict[str, Any], details: dict[str, Any], state: TrainState) -> None:
+    """The files every run ends with: metrics.json, evaluation.json and history.json (run.json 'completed'
+    comes last, from mark_completed, so a run that says completed has everything)."""
+    run = RunDir(run_dir)
+    write_json(run.file(RunDir.METRICS), metrics)
+    write_json(run.file(RunDir.EVALUATION), details)
+    write_json(run.file(RunDir.HISTORY), {"epochs": state.history, "steps": state.step_losses})
+
+
+def mark_completed(run_dir: Path, state: TrainState, started: float, resume: bool, accelerator: Accelerator) -> None:
+    """run.json 'completed': written after every other file of the run."""
+    write_json(RunDir(run_dir).file(RunDir.STATUS), {
+        "status": "completed", "started": started, "finished": time.time(), "tunelab": __version__,
+        "processes": accelerator.num_processes, "resumed": resume, "best_epoch": state.best_epoch})

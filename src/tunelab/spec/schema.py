@@ -1,0 +1,196 @@
+"""The sections every run spec shares, and the base that each task's spec extends.
+
+A task contributes its own spec (tunelab.tasks.<task>: a `RunSpec` subclass with its own `data`, `model`,
+`training` and `evaluation` sections and its `TaskRules`), so a text-classification spec has no image
+keys and an image key in a chat spec is an unknown key. This module names no task: it holds what all of
+them have in common. Defaults encode good practice (small learning rates with 10% warmup and linear
+decay, weight decay 0.01, evaluation every epoch on the task metric, early stopping, best checkpoint
+restored, fixed seed), so a spec only needs the task, the base model and the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message says where and how to fix it."""
+
+
+class Section(BaseModel):
+    """A spec section: unknown keys are errors (a typo silently ignored is a training run wasted)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSpec(Section):
+    r: int = Field(16, ge=1, description="LoRA rank: the size of the low-rank update.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator; the update is scaled by alpha / r.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules that get adapters: 'all-linear' or a list of module names."
+    )
+
+
+class ModelSpec(Section):
+    base: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Base model: a bundled name (see `tunelab models`), a local Hugging Face folder, or a hub id.",
+    )
+    method: str | None = Field(None, description="How the base model is adapted (the task lists its methods).")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings, used when method is lora.")
+
+
+class SplitSpec(Section):
+    validation: float = Field(0.1, gt=0.0, lt=1.0, description="Share held out for validation when no file is given.")
+    test: float = Field(0.1, gt=0.0, lt=1.0, description="Share held out for test when no file is given.")
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> "SplitSpec":
+        if self.validation + self.test >= 0.9:
+            raise ValueError("split.validation + split.test must leave at least 10% for training")
+        return self
+
+
+class DataSpec(Section):
+    """The data keys every task has: where the examples are, how they are split, how long they may be."""
+
+    train: str = Field(
+        ...,
+        description="Training data: a CSV/TSV/JSONL/Parquet file, a `datasets` folder (save_to_disk), "
+        "or a bundled set (see `tunelab models`).",
+    )
+    validation: str | None = Field(None, description="Validation data; split from train (stratified) when absent.")
+    test: str | None = Field(None, description="Test data; split from train (stratified) when absent.")
+    split: SplitSpec = Field(default_factory=SplitSpec, description="Shares split off when only one file is given.")
+    limit: int | None = Field(
+        None, ge=2, description="Use a stratified sample of this many training-source examples (quick trials)."
+    )
+    max_length: int | None = Field(None, ge=8, description="Examples are truncated to this many tokens.")
+
+
+class TrainingSpec(Section):
+    epochs: int = Field(3, ge=1, description="Maximum number of passes over the training data.")
+    learning_rate: float | None = Field(
+        None, gt=0.0, description="Peak learning rate. Default: the task's, by method (see `tunelab init TASK`)."
+    )
+    batch_size: int = Field(16, ge=1, description="Examples per optimisation step (per process).")
+    eval_batch_size: int = Field(64, ge=1, description="Examples per forward pass when scoring.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Batches accumulated per optimiser step.")
+    warmup: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of steps with linear warmup; then linear decay.")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay (not applied to biases and norms).")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
+    early_stopping_patience: int | None = Field(
+        2, ge=1, description="Stop after this many epochs without a better validation metric; null disables."
+    )
+    batching: str | None = Field(None, description="How examples are put into batches (the task lists its modes).")
+    checkpoint_steps: int | None = Field(
+        None, ge=1, description="Also checkpoint every N optimiser steps (a checkpoint is always written each epoch)."
+    )
+    seed: int = Field(42, description="Seed for data order, initialisation and dropout.")
+
+
+class EvaluationSpec(Section):
+    metric: str | None = Field(
+        None, description="Metric for early stopping, best-checkpoint choice and the baseline comparison."
+    )
+    baseline: bool = Field(True, description="Score the untuned base model on the same validation and test examples.")
+
+
+class MonitorSpec(Section):
+    min_requests: int = Field(30, ge=1, description="Fewer logged requests than this: report, but raise no drift alert.")
+    length_shift: float = Field(0.3, gt=0.0, description="Alert when the mean input length moves by more than this share.")
+    oov_increase: float = Field(0.05, ge=0.0, description="Alert when the out-of-vocabulary rate rises by more than this.")
+    embedding_p_value: float = Field(0.01, gt=0.0, lt=1.0, description="Alert when the embedding two-sample test's "
+                                     "p-value falls below this.")
+    label_shift: float = Field(0.15, gt=0.0, description="Alert when predicted labels' total variation distance from "
+                               "the validation labels exceeds this.")
+    confidence_drop: float = Field(0.1, gt=0.0, description="Alert when mean top score falls by more than this.")
+    error_rate: float = Field(0.05, ge=0.0, description="Alert when the share of failed requests exceeds this.")
+    latency_p99_ms: float = Field(2000.0, gt=0.0, description="Alert when the 99th-percentile latency exceeds this.")
+
+
+class OutputSpec(Section):
+    dir: str = Field("runs", description="Folder that holds run directories.")
+
+
+@dataclass(frozen=True)
+class TaskRules:
+    """What a task allows and defaults to, where a plain field default cannot say it: the first entry of
+    each tuple is the default. Learning rates by method, LEARNING_RATES['*'] for any other method."""
+
+    methods: tuple[str, ...]
+    batchings: tuple[str, ...]
+    metrics: tuple[str, ...]
+    max_length: int
+    learning_rates: dict[str, float] = field(default_factory=dict)
+    lower_is_better: tuple[str, ...] = ("loss",)
+
+    def learning_rate(self, method: str) -> float:
+        return self.learning_rates.get(method, self.learning_rates.get("*", 2e-5))
+
+
+class RunSpec(Section):
+    """The base of every task's spec. A task subclasses it, narrows `task` to its name, swaps in its own
+    sections (with their own keys and defaults) and sets RULES; the validator below fills the defaults
+    that depend on the method and refuses settings the task does not have."""
+
+    RULES: ClassVar[TaskRules] = TaskRules(("full",), ("random",), ("loss",), 256)
+    FAMILY: ClassVar[str] = ""
+
+    name: str | None = Field(None, description="Run name: the run directory is <output.dir>/<name>. Default: spec file stem.")
+    task: str = Field(..., description="What the model learns to do (`tunelab init --help` lists the tasks).")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Base model and adaptation method.")
+    data: DataSpec = Field(..., description="Where the examples come from and how to read them.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="How models are scored.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Where results go.")
+    monitor: MonitorSpec = Field(default_factory=MonitorSpec, description="Thresholds of `tunelab monitor` alerts.")
+
+    @model_validator(mode="after")
+    def _task_defaults(self) -> "RunSpec":
+        """Fill the defaults that depend on the task, and refuse settings that do not fit it."""
+        rules = type(self).RULES
+        if self.model.method is None:
+            self.model.method = rules.methods[0]
+        if self.data.max_length is None:
+            self.data.max_length = rules.max_length
+        if self.training.batching is None:
+            self.training.batching = rules.batchings[0]
+        if self.evaluation.metric is None:
+            self.evaluation.metric = rules.metrics[0]
+        for where, value, allowed in (("model.method", self.model.method, rules.methods),
+                                      ("training.batching", self.training.batching, rules.batchings),
+                                      ("evaluation.metric", self.evaluation.metric, rules.metrics)):
+            if value not in allowed:
+                raise ValueError(f"{where} '{value}' does not apply to {self.task}; use one of {', '.join(allowed)}")
+        return self
+
+    @property
+    def family(self) -> str:
+        """The task family (classify, causal-lm): which recipe trains it."""
+        return type(self).FAMILY
+
+    @property
+    def generative(self) -> bool:
+        """Whether the task generates text (its model is judged by loss and answers, not labels)."""
+        return self.family == "causal-lm"
+
+    @property
+    def lower_is_better(self) -> bool:
+        """Whether the chosen metric improves downwards (loss) rather than upwards (F1, ROUGE)."""
+        return self.evaluation.metric in type(self).RULES.lower_is_better
+
+    @property
+    def learning_rate(self) -> float:
+        """The effective peak learning rate: the spec's, or the task's default for the method."""
+        if self.training.learning_rate:
+            return self.training.learning_rate
+        return type(self).RULES.learning_rate(self.model.method or "")
+
+    def run_dir(self) -> Path:
+        return Path(self.output.dir) / (self.name or "run")
