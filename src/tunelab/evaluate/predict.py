@@ -35,7 +35,7 @@ def load_classifier(run: str | Path) -> tuple[Any, Any, Any]:
     task_cls = get_task(spec.task)
     if base.PREDICT not in task_cls.capabilities:
         raise RunError(f"{run}: a {spec.task} run predicts no labels; `tunelab generate RUN` answers prompts")
-    task, model = task_cls.from_saved(run_dir.path, spec)
+    task, model = task_cls.from_saved(run_dir, spec)
     return spec, task, model
 
 

@@ -28,7 +28,7 @@ def evaluate_run(run: str | Path, data: str | None = None, baseline: bool = True
     if base.EVALUATE not in task_cls.capabilities:
         raise RunError(f"{run}: a {spec.task} run; its held-out loss and answers are in metrics.json and "
                        "generations.json (tunelab generate RUN answers new prompts)")
-    task, model = task_cls.from_saved(run_dir.path, spec)
+    task, model = task_cls.from_saved(run_dir, spec)
     if data:
         splits, name = {"data": task.read_labelled(data, spec)}, Path(data).stem
     else:

@@ -66,7 +66,7 @@ def export_onnx(run: str | Path, out_dir: str | Path | None = None, quantize: st
     if quantize not in (None, "int8"):
         raise RunError(f"--quantize {quantize!r}: the only quantization is int8")
     model_dir = RunDir(run).find_model()
-    task, model = task_cls.from_saved(run, spec)
+    task, model = task_cls.from_saved(RunDir(run), spec)
     model.eval()
     pad_id = task.tokenizer.pad_token_id or 0
     dest = Path(out_dir) if out_dir else RunDir(run).exports / "onnx"

@@ -6,11 +6,14 @@ Safetensors only; the adapter's base is found where the adapter says it was trai
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tunelab.run import RunDir, RunError
+if TYPE_CHECKING:
+    from tunelab.run import RunDir
+
+from tunelab.run.errors import RunError
 from tunelab.run.files import read_json
 
 
@@ -37,9 +40,8 @@ def load_adapter(folder: Path) -> tuple[torch.nn.Module, Any]:
     return PeftModel.from_pretrained(base, folder).eval(), tokenizer
 
 
-def load_generator(run: str | Path) -> tuple[torch.nn.Module, Any]:
+def load_generator(run_dir: RunDir) -> tuple[torch.nn.Module, Any]:
     """The run's model for generation: its merged export, its full model, or base + adapter."""
-    run_dir = RunDir(run)
     run = run_dir.path
     for folder in (run_dir.exports / "merged", run_dir.model, run):
         if (folder / "config.json").is_file():

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tunelab.lm import loading
 from tunelab.lm.generation import generate_texts
-from tunelab.lm.loading import load_generator
-from tunelab.run import RunError, load_run_spec
+from tunelab.run import RunDir, RunError, load_run_spec
 from tunelab.tasks import base, get_task
+
+
+def load_generator(run: str | Path) -> tuple[Any, Any]:
+    """(model, tokenizer) of a chat or completion run: its merged export, its full model, or base + adapter."""
+    return loading.load_generator(RunDir(run))
 
 
 def task_for(run: str | Path, tokenizer: Any) -> Any:

@@ -71,7 +71,7 @@ class Classifier:
 def load_classifier(run: Path, spec: Any) -> Classifier:
     from tunelab.tasks import get_task
 
-    task, model = get_task(spec.task).from_saved(run, spec)
+    task, model = get_task(spec.task).from_saved(RunDir(run), spec)
     return Classifier(task, model, spec.data.max_length)
 
 

@@ -121,7 +121,7 @@ def fine_tune_lm(spec: RunSpec, resume: bool = False, force: bool = False, overw
                 "fine_tuned": tuned_answers[i], "fine_tuned_ids": tuned_ids[i]} for i, p in enumerate(prompts["test"])]
     metrics = {"baseline": baseline, "fine_tuned": fine_tuned}
     comparison = compare_lm(baseline.get("test", {}), fine_tuned["test"], spec.evaluation.metric) if baseline else {}
-    task.save(model, run_dir)
+    task.save(model, RunDir(run_dir))
     run = RunDir(run_dir)
     write_json(run.file(RunDir.GENERATIONS), {"max_new_tokens": spec.evaluation.generation.max_new_tokens,
                                               "batch_size": 8, "samples": samples})

@@ -67,7 +67,7 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
                "fine_tuned": {n: headline(m) for n, m in fine_tuned.items()}}
     comparison = compare(baseline["test"], fine_tuned["test"], spec.evaluation.metric) if baseline else {}
     extras: dict[str, Any] = task.report_extras(model, splits["test"], logits["test"])  # the test logits scored above
-    task.save(model, run_dir)
+    task.save(model, RunDir(run_dir))
     details = {"baseline": baseline, "fine_tuned": fine_tuned, "baseline_method": baseline_method,
                "extra_baselines": extras.get("extra_baselines", {}),
                "comparison": comparison, "best_epoch": state.best_epoch, "stopped_early": state.stopped_early}

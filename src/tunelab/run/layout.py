@@ -10,13 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tunelab.run.errors import RunError
 from tunelab.run.files import read_json
 
 CHECKPOINTS = "checkpoints"
-
-
-class RunError(RuntimeError):
-    """A run that cannot be used or started as asked (not a run, not finished, exists already, spec changed)."""
+__all__ = ["CHECKPOINTS", "RunDir", "RunError"]
 
 
 class RunDir:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.run.layout import RunError
+from tunelab.run.errors import RunError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 

@@ -125,7 +125,7 @@ class ClassifierModel(ServedModel):
         spec = load_run_spec(run)
         model_dir = RunDir(run).find_model()
         check_safetensors(model_dir)
-        self.task, self.model = task_cls.from_saved(run, spec)
+        self.task, self.model = task_cls.from_saved(RunDir(run), spec)
         self.model.eval()
         self.device = next(self.model.parameters()).device
         self.labels: list[str] = list(self.task.labels)

@@ -17,10 +17,12 @@ torch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from tunelab.spec.schema import RunSpec
+
+if TYPE_CHECKING:
+    from tunelab.run import RunDir
 
 CLASSIFY = "classify"
 CAUSAL_LM = "causal-lm"
@@ -98,12 +100,12 @@ class Task(Protocol):
         """Training-set metrics of one epoch from the training_step outputs it saw ({} when none)."""
         ...
 
-    def save(self, model: Any, run_dir: Path) -> None:
+    def save(self, model: Any, run_dir: RunDir) -> None:
         """Write the trained model into the run directory (model/, adapter/), safetensors only."""
         ...
 
     @classmethod
-    def from_saved(cls, run_dir: Path, spec: RunSpec) -> tuple["Task", Any]:
+    def from_saved(cls, run_dir: RunDir, spec: RunSpec) -> tuple["Task", Any]:
         """(task, model) from a finished run directory (its model/, adapter/ or verified export), for
         evaluation, prediction and serving."""
         ...

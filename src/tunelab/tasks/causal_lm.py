@@ -11,8 +11,7 @@ before/after comparison.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -22,6 +21,9 @@ from tunelab.lm.chat_format import ensure_chat_template, prompt_and_reference, r
 from tunelab.spec.schema import ModelSpec, RunSpec, TaskRules
 from tunelab.tasks import base
 from tunelab.tasks.base import register_task
+
+if TYPE_CHECKING:
+    from tunelab.run import RunDir
 from tunelab.tasks.sections import ChatData, CompletionData, LMEvaluation, LMTraining
 
 LM_RULES = dict(methods=("lora", "dora", "full", "qlora"), batchings=("padding-free", "packing", "padded"),
@@ -157,23 +159,21 @@ class LMCore:
         mean = total / count if count else float("nan")
         return {"loss": mean, "perplexity": float(np.exp(min(mean, 50.0))), "tokens": count, "n": len(encoded)}
 
-    def save(self, model: Any, run_dir: Path) -> None:
+    def save(self, model: Any, run_dir: RunDir) -> None:
         """adapter/ (peft runs: the adapter and the tokenizer with its chat template) or model/ (full runs).
 
         The merged model of an adapter run is made by `tunelab export RUN --merge`, which also proves that
         the merged weights give the same greedy answers."""
-        from tunelab.run import RunDir
         from tunelab.run.files import atomic_dir
         from tunelab.train import methods
 
-        run = RunDir(run_dir)
         model.config.use_cache = True
         if methods.is_peft(model):
-            with atomic_dir(run.adapter) as tmp:
+            with atomic_dir(run_dir.adapter) as tmp:
                 model.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
             return
-        with atomic_dir(run.model) as tmp:
+        with atomic_dir(run_dir.model) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
 
@@ -238,14 +238,14 @@ class _LMTask:
                       show: bool = True) -> dict[str, Any]:
         return self.lm.evaluate_loss(model, encoded, batch_size, desc, show)
 
-    def save(self, model: Any, run_dir: Path) -> None:
+    def save(self, model: Any, run_dir: RunDir) -> None:
         self.lm.save(model, run_dir)
 
     @classmethod
-    def from_saved(cls, run_dir: Path, spec: Any) -> tuple[Any, Any]:
+    def from_saved(cls, run_dir: RunDir, spec: Any) -> tuple[Any, Any]:
         """The run's model for generation (its merged export, its full model, or base + adapter) and the
         task holding the saved tokenizer and chat template."""
-        from tunelab.lm.use import load_generator
+        from tunelab.lm.loading import load_generator
 
         model, tokenizer = load_generator(run_dir)
         task = cls.from_spec(spec)

@@ -10,8 +10,7 @@ frozen pre-trained features.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -19,6 +18,9 @@ from pydantic import Field
 from tunelab.spec.schema import RunSpec, TaskRules
 from tunelab.tasks import base
 from tunelab.tasks.base import register_task
+
+if TYPE_CHECKING:
+    from tunelab.run import RunDir
 from tunelab.tasks.images import (ImageInputs, image_report_extras, majority_scores, nearest_centroids,
                                   read_labelled_images)
 from tunelab.tasks.labels import EncodedSplit, LabelOutputs, LabelSpace, classifier_train_loader
@@ -147,22 +149,20 @@ class ImageClassification(LabelOutputs):
         return image_report_extras(self, split, logits, self.extra_baselines)
 
     # -- saving and inference ----------------------------------------------------------------------
-    def save(self, model: Any, run_dir: Path) -> None:
+    def save(self, model: Any, run_dir: RunDir) -> None:
         """model/: weights (safetensors), tunelab's config and the preprocessing config beside them."""
-        from tunelab.run import RunDir
         from tunelab.vision.models import save_image_model
 
-        folder = RunDir(run_dir).model
+        folder = run_dir.model
         save_image_model(model, folder)
         self.processing.save(folder)
 
     @classmethod
-    def from_saved(cls, run_dir: Path, spec: Any) -> tuple["ImageClassification", Any]:
-        from tunelab.run import RunDir
+    def from_saved(cls, run_dir: RunDir, spec: Any) -> tuple["ImageClassification", Any]:
         from tunelab.vision.models import load_image_model
         from tunelab.vision.transforms import ImageProcessing
 
-        model_dir = RunDir(run_dir).find_model()
+        model_dir = run_dir.find_model()
         model = load_image_model(model_dir).eval()
         id2label = model.config["id2label"]
         labels = [id2label[i] if i in id2label else id2label[str(i)] for i in range(model.num_labels)]

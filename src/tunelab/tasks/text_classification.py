@@ -7,7 +7,7 @@ The saved model is a plain `AutoModelForSequenceClassification` folder with `id2
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -15,6 +15,9 @@ from pydantic import Field
 from tunelab.spec.schema import ModelSpec, RunSpec, TaskRules
 from tunelab.tasks import base
 from tunelab.tasks.base import register_task
+
+if TYPE_CHECKING:
+    from tunelab.run import RunDir
 from tunelab.tasks.labels import EncodedSplit, LabelOutputs, LabelSpace, classifier_train_loader
 from tunelab.tasks.sections import ClassifierTraining, LabelledTextData, TextClassifierEvaluation
 
@@ -179,17 +182,15 @@ class TextClassification(LabelOutputs):
         return predict
 
     # -- saving and inference from a saved folder -------------------------------------------------
-    def save(self, model: Any, run_dir: Path) -> None:
+    def save(self, model: Any, run_dir: RunDir) -> None:
         """model/: plain transformers folder (LoRA merged); adapter/: the peft adapter for LoRA runs."""
-        from tunelab.run import RunDir
         from tunelab.run.files import atomic_dir
         from tunelab.train import methods
 
-        run = RunDir(run_dir)
         if methods.is_peft(model):
-            with atomic_dir(run.adapter) as tmp:
+            with atomic_dir(run_dir.adapter) as tmp:
                 model.save_pretrained(tmp)
-        with atomic_dir(run.model) as tmp:
+        with atomic_dir(run_dir.model) as tmp:
             methods.merged(model).save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
 
@@ -211,7 +212,6 @@ class TextClassification(LabelOutputs):
         return task, model
 
     @classmethod
-    def from_saved(cls, run_dir: Path, spec: Any) -> tuple["TextClassification", Any]:
-        from tunelab.run import RunDir
+    def from_saved(cls, run_dir: RunDir, spec: Any) -> tuple["TextClassification", Any]:
 
-        return cls.from_model_dir(RunDir(run_dir).find_model(), spec.data.max_length)
+        return cls.from_model_dir(run_dir.find_model(), spec.data.max_length)

@@ -11,8 +11,7 @@ alone and both, on the same test split.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -20,6 +19,9 @@ from pydantic import Field
 from tunelab.spec.schema import RunSpec, TaskRules
 from tunelab.tasks import base
 from tunelab.tasks.base import register_task
+
+if TYPE_CHECKING:
+    from tunelab.run import RunDir
 from tunelab.tasks.image_classification import IMAGE_LEARNING_RATES, IMAGE_METHODS
 from tunelab.tasks.images import (ImageInputs, image_report_extras, majority_scores, nearest_centroids,
                                   read_labelled_images)
@@ -209,16 +211,15 @@ class TextImageClassification(LabelOutputs):
         return extras
 
     # -- saving and inference ----------------------------------------------------------------------
-    def save(self, model: Any, run_dir: Path) -> None:
+    def save(self, model: Any, run_dir: RunDir) -> None:
         """model/: text_encoder/ (transformers folder + tokenizer), image_model/ (tunelab image folder),
         fusion.safetensors, the preprocessing config and tunelab_text_image.json."""
         from safetensors.torch import save_file
 
-        from tunelab.run import RunDir
         from tunelab.run.files import atomic_dir
         from tunelab.vision.models import save_image_model
 
-        with atomic_dir(RunDir(run_dir).model) as tmp:
+        with atomic_dir(run_dir.model) as tmp:
             model.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
             self.tokenizer.save_pretrained(tmp / "text_encoder")
             save_image_model(model.image_model, tmp / "image_model")
@@ -231,16 +232,15 @@ class TextImageClassification(LabelOutputs):
             (tmp / "config.json").write_text(json.dumps({"tunelab_task": "text-image-classification"}) + "\n")
 
     @classmethod
-    def from_saved(cls, run_dir: Path, spec: Any) -> tuple["TextImageClassification", Any]:
+    def from_saved(cls, run_dir: RunDir, spec: Any) -> tuple["TextImageClassification", Any]:
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
-        from tunelab.run import RunDir
         from tunelab.vision.fusion import TextImageClassifier
         from tunelab.vision.models import load_image_model
         from tunelab.vision.transforms import ImageProcessing
 
-        folder = RunDir(run_dir).find_model()
+        folder = run_dir.find_model()
         cfg = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
         labels = [cfg["id2label"][str(i)] for i in range(cfg["num_labels"])]
         text_encoder = AutoModel.from_pretrained(folder / "text_encoder", use_safetensors=True)
