@@ -93,3 +93,12 @@ def test_registry_and_schemas_load_without_torch() -> None:
             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'accelerate', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("name, models", [("text-classification", "transformers"), ("chat", "transformers"),
+                                          ("completion", "transformers"), ("image-classification", "image")])
+def test_every_method_a_spec_accepts_is_registered(name: str, models: str) -> None:
+    from tunelab.train.methods import get_method
+
+    for method in TASKS[name].spec_class.RULES.methods:
+        assert get_method(method, models).name == method

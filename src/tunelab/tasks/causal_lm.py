@@ -212,9 +212,9 @@ class _LMTask:
         return methods.apply(model, spec, peft_task_type="CAUSAL_LM")
 
     def param_groups(self, model: Any, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        from tunelab.train.optim import decay_groups
+        from tunelab.train.methods import get_method
 
-        return decay_groups(model, lr, weight_decay)
+        return get_method(self.lm.method).groups(model, lr, weight_decay)
 
     def on_epoch_start(self, model: Any, epoch: int) -> None:
         """Nothing changes between epochs."""

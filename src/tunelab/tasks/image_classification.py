@@ -84,21 +84,20 @@ class ImageClassification(LabelOutputs):
         return self.images.build_model(base, self.labels)
 
     def apply_method(self, model: Any, spec: Any) -> Any:
-        """The spec's strategy: what trains (and, for gradual unfreezing, when)."""
-        from tunelab.vision.strategies import apply_strategy
-
-        return apply_strategy(model, self.method)
+        """The spec's strategy (an image method of tunelab.train.methods): what trains, and when."""
+        return self._method().apply(model, spec, "")
 
     def param_groups(self, model: Any, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        from tunelab.vision.strategies import param_groups
-
-        return param_groups(model, self.method, lr, weight_decay)
+        return self._method().groups(model, lr, weight_decay)
 
     def on_epoch_start(self, model: Any, epoch: int) -> None:
-        from tunelab.vision.strategies import on_epoch_start
-
-        on_epoch_start(model, self.method, epoch)
+        self._method().epoch_start(model, epoch)
         self.images.set_epoch(epoch)
+
+    def _method(self) -> Any:
+        from tunelab.train.methods import IMAGE, get_method
+
+        return get_method(self.method, IMAGE)
 
     # -- data ---------------------------------------------------------------------------------
     def encode(self, ds: Any, with_labels: bool = True) -> EncodedSplit:

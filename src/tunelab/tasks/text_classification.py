@@ -94,9 +94,9 @@ class TextClassification(LabelOutputs):
         return methods.apply(model, spec, peft_task_type="SEQ_CLS")
 
     def param_groups(self, model: Any, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        from tunelab.train.optim import decay_groups
+        from tunelab.train.methods import get_method
 
-        return decay_groups(model, lr, weight_decay)
+        return get_method(self.method).groups(model, lr, weight_decay)
 
     def on_epoch_start(self, model: Any, epoch: int) -> None:
         """Nothing changes between epochs."""

@@ -1,31 +1,90 @@
-"""Adaptation methods for transformers models: how much of the base model is trained. One registry entry
-per method (full, lora, dora, qlora).
+"""Adaptation methods: how much of the base model is trained, at which learning rates, and what changes
+between epochs. One registry, one entry per method, for two kinds of model:
 
-`apply(model, spec, peft_task_type)` returns the model to train; `merged(model)` a plain transformers model
-for the `model/` folder (LoRA adapters folded in). Image models have their own strategies (linear probe,
-gradual unfreezing, discriminative learning rates, LoRA on attention) in tunelab.vision.strategies, a
-registry of the same kind that also sets parameter groups and per-epoch changes.
+- `transformers` models (text encoders, LLMs), adapted through peft: full, lora, dora, qlora;
+- `image` models (tunelab's image classifiers): full, linear-probe, gradual-unfreeze, discriminative and
+  lora on attention, whose implementation lives beside the image models (tunelab.vision.strategies) and
+  is registered here when first asked for.
+
+`get_method(name, models)` gives the Method; `apply(model, spec, peft_task_type)` is the transformers
+shortcut; `merged(model)` a plain transformers model for the `model/` folder (LoRA adapters folded in).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from tunelab.spec.schema import RunSpec
 
-METHODS: dict[str, Callable[[torch.nn.Module, RunSpec, str], torch.nn.Module]] = {}
+TRANSFORMERS, IMAGE = "transformers", "image"
 
 
-def register_method(name: str) -> Callable:
-    """Register an apply function under NAME (the spec's model.method)."""
+@dataclass(frozen=True)
+class Method:
+    """One way to adapt a model. APPLY returns the model to train (MODEL itself or a peft wrapper);
+    PARAM_GROUPS, when set, replaces the default groups (every trainable weight, one rate; train/optim.py);
+    ON_EPOCH_START, when set, changes what trains as epochs pass (gradual unfreezing)."""
+
+    name: str
+    models: str
+    apply: Callable[[torch.nn.Module, RunSpec, str], torch.nn.Module]
+    param_groups: Callable[[torch.nn.Module, float, float], list[dict[str, Any]]] | None = None
+    on_epoch_start: Callable[[torch.nn.Module, int], None] | None = None
+    description: str = ""
+
+    def groups(self, model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        from tunelab.train.optim import decay_groups
+
+        if self.param_groups is None:
+            return decay_groups(model, lr, weight_decay)
+        return self.param_groups(model, lr, weight_decay)
+
+    def epoch_start(self, model: torch.nn.Module, epoch: int) -> None:
+        if self.on_epoch_start is not None:
+            self.on_epoch_start(model, epoch)
+
+
+METHODS: dict[tuple[str, str], Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add METHOD to the registry under (its kind of model, its name: the spec's model.method)."""
+    METHODS[(method.models, method.name)] = method
+    return method
+
+
+def register_method(name: str, models: str = TRANSFORMERS) -> Callable:
+    """Register an apply function under NAME (the spec's model.method) for MODELS; its docstring describes it."""
 
     def wrap(fn: Callable) -> Callable:
-        METHODS[name] = fn
+        register(Method(name, models, fn, description=(fn.__doc__ or "").strip().split("\n")[0]))
         return fn
 
     return wrap
+
+
+def _register_image_methods() -> None:
+    """The image strategies, as methods: their apply, parameter groups and per-epoch changes."""
+    from tunelab.vision.strategies import STRATEGIES
+
+    for strategy in STRATEGIES.values():
+        register(Method(strategy.name, IMAGE, lambda model, spec, _, s=strategy: s.apply(model),
+                        lambda model, lr, wd, s=strategy: s.param_groups(model, lr, wd),
+                        strategy.on_epoch_start if strategy.epoch_fn is not None else None, strategy.description))
+
+
+def get_method(name: str, models: str = TRANSFORMERS) -> Method:
+    """The method NAME for MODELS; the error lists the methods there are."""
+    if models == IMAGE and (IMAGE, name) not in METHODS:
+        _register_image_methods()
+    if (models, name) not in METHODS:
+        names = [n for (kind, n) in METHODS if kind == models]
+        raise KeyError(f"unknown method '{name}' for {models} models; available: {', '.join(names)}")
+    return METHODS[(models, name)]
 
 
 @register_method("full")
@@ -83,11 +142,9 @@ def check_supported(method: str) -> None:
 
 
 def apply(model: torch.nn.Module, spec: RunSpec, peft_task_type: str) -> torch.nn.Module:
-    """The model to train under spec.model.method; PEFT_TASK_TYPE is peft's name for the model's head
-    (SEQ_CLS, CAUSAL_LM), which decides what an adapter keeps trainable beside the LoRA weights."""
-    if spec.model.method not in METHODS:
-        raise KeyError(f"unknown method '{spec.model.method}'; available: {', '.join(METHODS)}")
-    return METHODS[spec.model.method](model, spec, peft_task_type)
+    """The transformers model to train under spec.model.method; PEFT_TASK_TYPE is peft's name for the
+    model's head (SEQ_CLS, CAUSAL_LM), which decides what an adapter keeps trainable beside the LoRA weights."""
+    return get_method(spec.model.method or "", TRANSFORMERS).apply(model, spec, peft_task_type)
 
 
 def is_peft(model: torch.nn.Module) -> bool:
