@@ -95,8 +95,8 @@ def _fingerprint(run: Path, spec: Any, seed: int) -> str:
     from tunelab.data import file_fingerprint
 
     digest = hashlib.sha256()
-    digest.update((run / "spec.yaml").read_bytes())
-    model_dir = run / "model"
+    digest.update(RunDir(run).file(RunDir.SPEC).read_bytes())
+    model_dir = RunDir(run).model
     for f in sorted(p for p in model_dir.rglob("*") if p.is_file()) if model_dir.is_dir() else []:
         st = f.stat()
         digest.update(f"{f.relative_to(model_dir)}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -171,7 +171,7 @@ def build_reference(run: Path, spec: Any, classifier: Classifier, seed: int = 0)
 
 def reference_for(run: Path, spec: Any, classifier: Classifier, seed: int = 0, cache: bool = True) -> Reference:
     """The reference statistics, from RUN/monitoring/reference/ when still valid, else computed and cached."""
-    folder = run / "monitoring" / "reference"
+    folder = RunDir(run).monitoring / "reference"
     key = _fingerprint(run, spec, seed)
     if cache:
         hit = _load(folder, key)

@@ -35,7 +35,7 @@ def _iso(ts: float | None) -> str | None:
 def _out_dir(run: Path, out: Path | None, created: float) -> Path:
     if out is not None:
         return Path(out)
-    base = run / "monitoring" / datetime.fromtimestamp(created, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = RunDir(run).monitoring / datetime.fromtimestamp(created, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     folder, n = base, 1
     while folder.exists():
         folder, n = base.with_name(f"{base.name}-{n}"), n + 1

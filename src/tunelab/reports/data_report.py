@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.report import SCHEMA_VERSION, build, headline
+from tunelab.run import RunDir
 from tunelab.run.files import write_json, write_text
 
 __all__ = ["SCHEMA_VERSION", "build", "headline", "write"]
@@ -37,8 +38,8 @@ def write(report: dict[str, Any], folder: Path) -> None:
     """Write data_report.json and data_report.html into FOLDER."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    write_json(folder / "data_report.json", report)
+    write_json(folder / RunDir.DATA_REPORT_JSON, report)
     plots = {f["check"]: png for f in report["findings"] if (png := _histogram_png(f.get("details", {})))}
     env = Environment(loader=PackageLoader("tunelab", "reports/templates"), autoescape=select_autoescape())
     html = env.get_template("data_report.html").render(report=report, plots=plots, headline=headline(report))
-    write_text(folder / "data_report.html", html)
+    write_text(folder / RunDir.DATA_REPORT, html)

@@ -28,7 +28,8 @@ class RunDir:
         history.json       per-epoch rows and step losses               generations.json  recorded answers (LMs)
         report.html  data_report.html/.json  model_card.md              checkpoints/  LATEST/BEST pointers
         evaluations/       later re-scorings                            export/       merged/, onnx/
-        requests.db        the server's request log (monitoring)
+        monitoring/        `tunelab monitor` reports, reference statistics (the request log itself,
+                           requests.db, lies beside the run directories: one log for every served run)
     """
 
     SPEC = "spec.yaml"
@@ -39,6 +40,7 @@ class RunDir:
     GENERATIONS = "generations.json"
     REPORT = "report.html"
     DATA_REPORT = "data_report.html"
+    DATA_REPORT_JSON = "data_report.json"
     MODEL_CARD = "model_card.md"
 
     def __init__(self, path: str | Path) -> None:
@@ -80,8 +82,9 @@ class RunDir:
         return self.path / "evaluations"
 
     @property
-    def request_log(self) -> Path:
-        return self.path / "requests.db"
+    def monitoring(self) -> Path:
+        """`tunelab monitor` reports (one folder per report) and the cached reference statistics."""
+        return self.path / "monitoring"
 
     # -- reading ----------------------------------------------------------------------------------------
     def find_model(self) -> Path:

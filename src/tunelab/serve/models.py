@@ -82,7 +82,8 @@ class ServedModel:
     def __init__(self, name: str, run: Path, task_cls: Any, settings: ServeSettings) -> None:
         self.name, self.run, self.task_name, self.settings = name, run, task_cls.name, settings
         self.family = task_cls.family
-        self.created = int((run / "spec.yaml").stat().st_mtime) if (run / "spec.yaml").is_file() else int(time.time())
+        spec_file = RunDir(run).file(RunDir.SPEC)
+        self.created = int(spec_file.stat().st_mtime) if spec_file.is_file() else int(time.time())
         self.routes = tuple(task_cls.routes)  # what the run's task says it serves
         self.workers = 1  # model calls in flight at once
         self.executor: ThreadPoolExecutor | None = None
