@@ -12,7 +12,7 @@ process (random-init weights: throughput does not depend on them):
   tunelab    tunelab's own loop, `tunelab.train.loop.fit`, on `ChatTask`-encoded features: padding-free
              `flatten` batches with cu_seq_lens, `tunelab_varlen` attention (or flash_attention_2 where
              installed: `training_attention()`), `lm_loss` with logits only at trained positions,
-             LoRA from `tunelab.train.methods.apply`
+             LoRA from the task's `apply_method` (`tunelab.train.methods`)
 LoRA r=16, alpha 32, dropout 0, all linear layers except lm_head, in every arm; AdamW (fused), lr 2e-4,
 weight decay 0.01 (tunelab's default; HF's default is 0, set to match), grad-norm clip 1.0, linear warmup
 over round(0.1 * total) steps then linear decay (tunelab's schedule; HF given the same warmup_steps).

@@ -76,7 +76,7 @@ class DataSpec(Section):
 class TrainingSpec(Section):
     epochs: int = Field(3, ge=1, description="Maximum number of passes over the training data.")
     learning_rate: float | None = Field(
-        None, gt=0.0, description="Peak learning rate. Default: the task's, by method (see `tunelab init TASK`)."
+        None, gt=0.0, description="Peak learning rate."
     )
     batch_size: int = Field(16, ge=1, description="Examples per optimisation step (per process).")
     eval_batch_size: int = Field(64, ge=1, description="Examples per forward pass when scoring.")
