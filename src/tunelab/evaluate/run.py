@@ -29,6 +29,7 @@ def evaluate_run(run: str | Path, data: str | None = None, baseline: bool = True
         raise RunError(f"{run}: a {spec.task} run; its held-out loss and answers are in metrics.json and "
                        "generations.json (tunelab generate RUN answers new prompts)")
     task, model = task_cls.from_saved(run_dir, spec)
+    prepared = None
     if data:
         splits, name = {"data": task.read_labelled(data, spec)}, Path(data).stem
     else:
@@ -43,7 +44,8 @@ def evaluate_run(run: str | Path, data: str | None = None, baseline: bool = True
         result["fine_tuned"][split] = headline(task.metrics(task.truth(ds), task.predict_ids(logits)))
     if baseline:
         base_task = task_cls.from_spec(spec, task.labels)
-        train = _prepare(task_cls, spec).splits["train"]  # the majority class and centroids come from here
+        prepared = prepared or _prepare(task_cls, spec)  # read once: the held-out splits came from it too
+        train = prepared.splits["train"]  # the majority class and centroids come from here
         _, scores = base_task.baseline(catalog.resolve(spec.model.base), train, splits, spec)
         result["baseline"] = {k: headline(v) for k, v in scores.items()}
     write_json(run_dir.evaluations / f"{name}.json", result)

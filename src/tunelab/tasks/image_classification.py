@@ -121,7 +121,7 @@ class ImageClassification(LabelOutputs):
     def truth(self, ds: Any) -> np.ndarray:
         from tunelab.data.doctor import column
 
-        return np.array([self.label2id[lab] for lab in column(ds, "label")])
+        return self.space.truth(column(ds, "label"))
 
     def format_predictions(self, inputs: list[str], logits: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
         return self.space.format_predictions(inputs, logits, top_k, key="image")

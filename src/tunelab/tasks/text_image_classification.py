@@ -67,7 +67,6 @@ class TextImageClassification(LabelOutputs):
         self.tokenizer: Any = None
         self.extra_baselines: dict[str, dict[str, Any]] = {}
         self.modality_table: dict[str, dict[str, Any]] = {}
-        self._train_collator: Any = None
 
     @property
     def processing(self) -> Any:
@@ -119,8 +118,7 @@ class TextImageClassification(LabelOutputs):
         return groups
 
     def on_epoch_start(self, model: Any, epoch: int) -> None:
-        if self._train_collator is not None:
-            self._train_collator.set_epoch(epoch)
+        self.images.set_epoch(epoch)  # re-seeds the pixels' augmentation, which the text side does not have
 
     # -- data ---------------------------------------------------------------------------------
     def encode(self, ds: Any, with_labels: bool = True) -> EncodedSplit:
@@ -143,13 +141,13 @@ class TextImageClassification(LabelOutputs):
     def train_loader(self, encoded: EncodedSplit, spec: Any) -> tuple[Any, Any]:
         from tunelab.vision.fusion import TextImageCollator
 
-        self._train_collator = TextImageCollator(self.tokenizer, self.images.train_collator(), self.max_length)
-        return classifier_train_loader(encoded, self._train_collator, spec)
+        collate = TextImageCollator(self.tokenizer, self.images.train_collator(), self.max_length)
+        return classifier_train_loader(encoded, collate, spec)
 
     def truth(self, ds: Any) -> np.ndarray:
         from tunelab.data.doctor import column
 
-        return np.array([self.label2id[lab] for lab in column(ds, "label")])
+        return self.space.truth(column(ds, "label"))
 
     def format_predictions(self, inputs: list[str], logits: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
         return self.space.format_predictions(inputs, logits, top_k, key="image")
