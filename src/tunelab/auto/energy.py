@@ -24,6 +24,7 @@ Importing this module is light (standard library only); pynvml and psutil are im
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -204,9 +205,9 @@ class EnergyMeter:
             except Exception as err:  # no driver, no library, a GPU NVML does not list: say so in the record
                 self.gpu_error = f"{type(err).__name__}: {err}"
         self._cpu0, self._started = _cpu_seconds(), time.monotonic()
-        seconds = min([RAPL_SAMPLE_SECONDS] * bool(self.rapl) + ([self.gpu.sample_seconds] if self.gpu else []),
-                      default=None)
-        if seconds:
+        intervals = ([RAPL_SAMPLE_SECONDS] if self.rapl else []) + ([self.gpu.sample_seconds] if self.gpu else [])
+        if intervals:  # counters to follow: a daemon thread samples them until stop()
+            seconds = min(intervals)
             threading.Thread(target=_sample_loop, args=(weakref.ref(self), self._halt, seconds), daemon=True,
                              name="tunelab-energy").start()
         return self
@@ -215,7 +216,10 @@ class EnergyMeter:
         """Read the counters now (a sampler thread does it every few seconds, so RAPL wrap-arounds are seen)."""
         with self._lock:
             for counter in [*self.rapl, *([self.gpu] if self.gpu else [])]:
-                counter.sample()
+                try:
+                    counter.sample()
+                except Exception:  # a counter that fails once must not end a run: it keeps its total so far
+                    continue
 
     def stop(self) -> dict[str, Any] | None:
         """Stop measuring and return the record (None when disabled); later calls return the same record."""
@@ -229,7 +233,8 @@ class EnergyMeter:
         if self.gpus:
             parts["gpu"] = self._gpu_part()
         if self.gpu:
-            self.gpu.close()
+            with contextlib.suppress(Exception):
+                self.gpu.close()
         self.result = self._record(parts, duration)
         return self.result
 
@@ -254,10 +259,13 @@ class EnergyMeter:
                     f"RAM {gb:.2f} GB peak x {RAM_WATTS_PER_GB:g} W per GB")
 
     def _gpu_part(self) -> Part:
-        if self.gpu is None:
-            return Part(None, False, "not counted", f"GPU not counted: NVML could not read it ({self.gpu_error})")
-        return Part(self.gpu.joules() / J_PER_KWH, True, self.gpu.source,
-                    f"GPU by {self.gpu.source} ({len(self.gpu.handles)} GPU(s))")
+        if self.gpu is not None:
+            try:
+                return Part(self.gpu.joules() / J_PER_KWH, True, self.gpu.source,
+                            f"GPU by {self.gpu.source} ({len(self.gpu.handles)} GPU(s))")
+            except Exception as err:
+                self.gpu_error = f"{type(err).__name__}: {err}"
+        return Part(None, False, "not counted", f"GPU not counted: NVML could not read it ({self.gpu_error})")
 
     def _record(self, parts: dict[str, Part], duration: float) -> dict[str, Any]:
         kwh = sum(p.kwh for p in parts.values() if p.kwh is not None)

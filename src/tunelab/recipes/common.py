@@ -109,7 +109,8 @@ def _run_gpus(accelerator: Accelerator, local: int) -> list[str]:
     import torch
 
     indices = [accelerator.device.index or 0] if local == 1 else range(min(local, torch.cuda.device_count()))
-    return [str(torch.cuda.get_device_properties(i).uuid) for i in indices]
+    # a torch without `uuid` gives a name NVML does not list: the record then says the GPU was not counted
+    return [str(getattr(torch.cuda.get_device_properties(i), "uuid", f"cuda:{i}")) for i in indices]
 
 
 def resolve_base(spec: RunSpec) -> str:
