@@ -48,6 +48,12 @@ def test_run_directory_contract(full_run: Path, tiny_assets: dict) -> None:
     for section in ("Baseline vs fine-tuned", "Learning curves", "confusion matrix", "per class", 'id="per-class"'):
         assert section in report
     assert report.count("data:image/png;base64") == 2
+    energy = json.loads((full_run / "run.json").read_text())["energy"]  # the energy meter's record
+    assert {"energy_kwh", "co2_kg", "grid_intensity_g_per_kwh", "method", "source", "duration_s", "cpu_kwh",
+            "ram_kwh"} <= set(energy)
+    assert energy["method"] in ("measured", "estimate") and energy["energy_kwh"] > 0
+    assert energy["co2_kg"] == energy["energy_kwh"] * energy["grid_intensity_g_per_kwh"] / 1000
+    assert 'id="energy"' in report and "energy and CO2: " in card
 
 
 def test_loss_falls(full_run: Path) -> None:

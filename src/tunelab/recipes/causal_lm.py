@@ -16,7 +16,8 @@ from typing import Any
 from tunelab.data import DataError
 from tunelab.lm.generation import generate_texts
 from tunelab.lm.metrics import generation_metrics
-from tunelab.recipes.common import EVAL_SPLITS, Run, check_data, mark_completed, package, resolve_base, start_run
+from tunelab.recipes.common import (EVAL_SPLITS, Run, check_data, mark_completed, package, resolve_base, start_meter,
+                                    start_run)
 from tunelab.reports.card import lm_model_card
 from tunelab.reports.lm_report import write_lm_report
 from tunelab.run import RunDir
@@ -61,6 +62,7 @@ def fine_tune_lm(spec: RunSpec, resume: bool = False, force: bool = False, overw
     """Fine-tune a causal LM on chat or completion data and leave a complete run directory."""
     started = time.time()
     accelerator, run_dir = start_run(spec, resume, overwrite, started)
+    meter = start_meter(spec, accelerator)  # energy and CO2 from here to the end of validation (main process)
     main = accelerator.is_main_process
 
     # plan: resolve the base model; the tokenizer carries the chat template used in training and later
@@ -130,10 +132,11 @@ def fine_tune_lm(spec: RunSpec, resume: bool = False, force: bool = False, overw
                "truncation": {n: {"truncated": len(e.truncated), "tokens_cut": e.tokens_cut,
                                   "untrainable": len(e.untrainable), "examples": len(e),
                                   "trained_tokens": e.trained_tokens} for n, e in encoded.items()}}
+    details["energy"] = meter.stop()  # the reports and the model card show it; run.json records it
     package(run_dir, metrics, details, state)
     write_lm_report(run.file(RunDir.REPORT), spec, metrics, details, state, samples, prepared.findings)
     write_text(run.file(RunDir.MODEL_CARD), lm_model_card(spec, task, prepared, metrics, details,
                                                           methods.trainable_summary(model)))
-    mark_completed(run_dir, state, started, resume, accelerator)
+    mark_completed(run_dir, state, started, resume, accelerator, details["energy"])
     accelerator.wait_for_everyone()
     return Run(run_dir, metrics, state, comparison)

@@ -12,7 +12,8 @@ from typing import Any
 
 from tunelab import __version__
 from tunelab.evaluate.metrics import compare, headline, overfitting_warning
-from tunelab.recipes.common import EVAL_SPLITS, Run, check_data, mark_completed, package, resolve_base, start_run
+from tunelab.recipes.common import (EVAL_SPLITS, Run, check_data, mark_completed, package, resolve_base, start_meter,
+                                    start_run)
 from tunelab.reports import data_report
 from tunelab.reports.card import model_card
 from tunelab.reports.html import write_report
@@ -28,6 +29,7 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
     """Fine-tune spec.model.base on spec.data and leave a complete run directory behind."""
     started = time.time()
     accelerator, run_dir = start_run(spec, resume, overwrite, started)
+    meter = start_meter(spec, accelerator)  # energy and CO2 from here to the end of validation (main process)
     main = accelerator.is_main_process
 
     # plan: resolve the base model
@@ -71,6 +73,7 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
     details = {"baseline": baseline, "fine_tuned": fine_tuned, "baseline_method": baseline_method,
                "extra_baselines": extras.get("extra_baselines", {}),
                "comparison": comparison, "best_epoch": state.best_epoch, "stopped_early": state.stopped_early}
+    details["energy"] = meter.stop()  # the reports and the model card show it; run.json records it
     package(run_dir, metrics, details, state)
     run = RunDir(run_dir)
     warning = overfitting_warning(state.history, spec.evaluation.metric)
@@ -82,6 +85,6 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
     write_text(run.file(RunDir.MODEL_CARD), model_card(spec, task, prepared, metrics, details,
                                                        methods.trainable_summary(model),
                                                        data_report.headline(data_summary)))
-    mark_completed(run_dir, state, started, resume, accelerator)
+    mark_completed(run_dir, state, started, resume, accelerator, details["energy"])
     accelerator.wait_for_everyone()
     return Run(run_dir, metrics, state, comparison)

@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from tunelab import __version__, catalog
+from tunelab.auto.energy import EnergyMeter
 from tunelab.data import DataError, Prepared
 from tunelab.reports import data_report
 from tunelab.run import RunDir, RunError
@@ -92,6 +93,24 @@ def start_run(spec: RunSpec, resume: bool, overwrite: bool, started: float) -> t
     return accelerator, run_dir
 
 
+def start_meter(spec: RunSpec, accelerator: Accelerator) -> EnergyMeter:
+    """The run's energy meter, started (spec.energy). Only the main process measures: the power counters see the
+    whole machine, and one process writes run.json; every other process gets a meter that records nothing."""
+    on = spec.energy.track and accelerator.is_main_process
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    return EnergyMeter(spec.energy.grid_intensity, enabled=on, gpus=_run_gpus(accelerator, local) if on else (),
+                       processes=accelerator.num_processes, local_processes=local).start()
+
+
+def _run_gpus(accelerator: Accelerator, local: int) -> list[str]:
+    """UUIDs of the GPUs the run uses on this machine: each local process's cuda:LOCAL_RANK (NVML reads them)."""
+    if accelerator.device.type != "cuda":
+        return []
+    import torch
+
+    indices = [accelerator.device.index or 0] if local == 1 else range(min(local, torch.cuda.device_count()))
+    # a torch without `uuid` gives a name NVML does not list: the record then says the GPU was not counted
+    return [str(getattr(torch.cuda.get_device_properties(i), "uuid", f"cuda:{i}")) for i in indices]
 
 
 def resolve_base(spec: RunSpec) -> str:
@@ -110,8 +129,11 @@ def package(run_dir: Path, metrics: dict[str, Any], details: dict[str, Any], sta
     write_json(run.file(RunDir.HISTORY), {"epochs": state.history, "steps": state.step_losses})
 
 
-def mark_completed(run_dir: Path, state: TrainState, started: float, resume: bool, accelerator: Accelerator) -> None:
-    """run.json 'completed': written after every other file of the run."""
+def mark_completed(run_dir: Path, state: TrainState, started: float, resume: bool, accelerator: Accelerator,
+                   energy: dict[str, Any] | None = None) -> None:
+    """run.json 'completed': written after every other file of the run. ENERGY: the meter's record (none when
+    energy.track is false)."""
     write_json(RunDir(run_dir).file(RunDir.STATUS), {
         "status": "completed", "started": started, "finished": time.time(), "tunelab": __version__,
-        "processes": accelerator.num_processes, "resumed": resume, "best_epoch": state.best_epoch})
+        "processes": accelerator.num_processes, "resumed": resume, "best_epoch": state.best_epoch,
+        **({"energy": energy} if energy else {})})

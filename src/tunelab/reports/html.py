@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 
+from tunelab.auto.energy import summary  # noqa: E402
+
 
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
@@ -74,7 +76,8 @@ def confusion_plot(matrix: list[list[int]], labels: list[str]) -> str | None:
 
 def write_report(path: Path, context: dict[str, Any]) -> None:
     """Render report.html from the run's numbers. CONTEXT keys: name, spec (dict), metrics, details,
-    history, step_losses, labels, metric, baseline_method, warning, findings, comparison."""
+    history, step_losses, labels, metric, baseline_method, warning, findings, comparison; details["energy"] (the
+    energy meter's record) where the run has one."""
     env = Environment(loader=PackageLoader("tunelab", "reports/templates"), autoescape=select_autoescape())
     details = context.get("details", {})
     test_detail = details.get("fine_tuned", {}).get("test", {})
@@ -84,6 +87,7 @@ def write_report(path: Path, context: dict[str, Any]) -> None:
         confusion=confusion_plot(test_detail.get("confusion_matrix", []), context["labels"]),
         per_class=test_detail.get("per_class", {}),
         baseline_per_class=details.get("baseline", {}).get("test", {}).get("per_class", {}),
+        energy=summary(details["energy"]) if "energy" in details else None,
     )
     from tunelab.run.files import write_text
 

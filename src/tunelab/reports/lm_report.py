@@ -7,6 +7,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from tunelab.auto.energy import summary
 from tunelab.run.files import write_text
 from tunelab.reports.html import _epoch_steps, _png, plt
 from tunelab.spec import RunSpec, dump_spec
@@ -41,5 +42,6 @@ def write_lm_report(path: Path, spec: RunSpec, metrics: dict[str, Any], details:
     html = env.get_template("lm_report.html").render(
         name=path.parent.name, spec=spec.model_dump(mode="json"), spec_yaml=dump_spec(spec), metrics=metrics,
         details=details, history=state.history, samples=samples, findings=findings, metric_names=LM_METRICS,
-        curves=lm_curves(state.history, state.step_losses), metric=spec.evaluation.metric)
+        curves=lm_curves(state.history, state.step_losses), metric=spec.evaluation.metric,
+        energy=summary(details["energy"]) if "energy" in details else None)
     write_text(path, html)

@@ -114,6 +114,14 @@ class MonitorSpec(Section):
     latency_p99_ms: float = Field(2000.0, gt=0.0, description="Alert when the 99th-percentile latency exceeds this.")
 
 
+class EnergySpec(Section):
+    track: bool = Field(True, description="Record the run's energy (kWh) and CO2 in run.json, the report and the "
+                        "model card: measured by RAPL / NVML where readable, else estimated from CPU time (and said so).")
+    grid_intensity: float | None = Field(
+        None, gt=0.0, description="Carbon intensity of your electricity in gCO2e/kWh; null: the world average, "
+        "475 (IEA Global Energy & CO2 Status Report 2019).")
+
+
 class OutputSpec(Section):
     dir: str = Field("runs", description="Folder that holds run directories.")
 
@@ -150,6 +158,7 @@ class RunSpec(Section):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="How models are scored.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where results go.")
     monitor: MonitorSpec = Field(default_factory=MonitorSpec, description="Thresholds of `tunelab monitor` alerts.")
+    energy: EnergySpec = Field(default_factory=EnergySpec, description="Energy and CO2 of the run.")
 
     @model_validator(mode="after")
     def _task_defaults(self) -> "RunSpec":
