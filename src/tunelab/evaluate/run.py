@@ -45,7 +45,7 @@ def evaluate_run(run: str | Path, data: str | None = None, baseline: bool = True
         base_task = task_cls.from_spec(spec, task.labels)
         train = _prepare(task_cls, spec).splits["train"]  # the majority class and centroids come from here
         _, scores = base_task.baseline(catalog.resolve(spec.model.base), train, splits, spec)
-        result["baseline"] = {k: headline(v) for k, v in scores.items()}
+        result["baseline"] = {k: headline({m: x for m, x in v.items() if m != "predictions"}) for k, v in scores.items()}
     write_json(run_dir.evaluations / f"{name}.json", result)
     return result
 
