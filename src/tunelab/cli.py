@@ -92,6 +92,28 @@ def train(spec: Path = typer.Argument(..., help="Run spec (YAML)."),
         out.print(f"test {c['metric']}: baseline {c['baseline']:.4f} -> fine-tuned {c['fine_tuned']:.4f} "
                   f"({verdict} the untuned base, n={c['n']})")
     out.print(f"run directory: {run.dir}  (report: {run.dir / 'report.html'})")
+    _print_gate(run.gate)
+    if not run.promoted:
+        raise typer.Exit(NOT_PROMOTED_EXIT)
+
+
+NOT_PROMOTED_EXIT = 3  # as tunelab.evaluate.gate.NOT_PROMOTED_EXIT (kept here so the CLI imports stay light)
+
+
+def _print_gate(verdict: dict) -> None:
+    """The promotion gate's verdict; when the model is not promoted, why, and what to change."""
+    if not verdict:
+        return
+    if verdict["promoted"]:
+        note = f" — {verdict['interval_note']}" if verdict.get("interval_note") and verdict.get("interval") else ""
+        out.print(f"[green]promoted:[/] {escape(verdict['reason'])}{escape(note)}", highlight=False)
+        return
+    err.print(f"[bold red]not promoted:[/] {escape(verdict['reason'])}", highlight=False)
+    for finding in verdict.get("diagnosis", []):
+        err.print(f"  [yellow]{finding['kind']}[/]: {escape(finding['message'])}; try: {escape(finding['advice'])}",
+                  highlight=False)
+    err.print("run.json says status: not-promoted; `tunelab serve` and `tunelab export` refuse this run unless given "
+              "--allow-worse")
 
 
 @app.command()
@@ -257,12 +279,18 @@ def export(run: Path = typer.Argument(..., help="A finished run directory."),
                                                   "only if it gives the float model's label on >= 99% of the test "
                                                   "texts and loses <= 0.01 of the run's metric."),
            out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write it (default RUN/export/merged "
-                                                  "or RUN/export/onnx).")) -> None:
+                                                  "or RUN/export/onnx)."),
+           allow_worse: bool = typer.Option(False, "--allow-worse", help="Export a run that was not promoted (its "
+                                            "fine-tuned model does not beat the untuned baseline).")) -> None:
     """Export a model, verified: it must reproduce the trained model on held-out data, or it is moved aside (exit 1)."""
     if merge == onnx:
         raise typer.BadParameter("say what to export: --merge (chat/completion runs) or --onnx (text classifiers)")
     if quantize and not onnx:
         raise typer.BadParameter("--quantize goes with --onnx", param_hint="--quantize")
+    from tunelab.evaluate.gate import allow
+    from tunelab.run import RunDir
+
+    allow(RunDir(run).status(), run, allow_worse, "export")
     if onnx:
         from tunelab.export.onnx import ExportMismatch, export_onnx
 

@@ -34,6 +34,15 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[
     return result
 
 
+def metric_function(metric: str, multi_label: bool = False) -> Any:
+    """score(y_true, y_pred) for one classification metric, without the per-class tables (the gate's
+    bootstrap calls it a thousand times)."""
+    if metric == "accuracy":
+        return lambda t, p: float(accuracy_score(t, p))
+    average = {"macro_f1": "macro", "micro_f1": "micro"}[metric]
+    return lambda t, p: float(f1_score(t, p, average=average, zero_division=0))
+
+
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """The scalar metrics of a split (drops per-class tables and matrices)."""
     return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}

@@ -47,7 +47,7 @@ def evaluate_run(run: str | Path, data: str | None = None, baseline: bool = True
         prepared = prepared or _prepare(task_cls, spec)  # read once: the held-out splits came from it too
         train = prepared.splits["train"]  # the majority class and centroids come from here
         _, scores = base_task.baseline(catalog.resolve(spec.model.base), train, splits, spec)
-        result["baseline"] = {k: headline(v) for k, v in scores.items()}
+        result["baseline"] = {k: headline({m: x for m, x in v.items() if m != "predictions"}) for k, v in scores.items()}
     write_json(run_dir.evaluations / f"{name}.json", result)
     return result
 

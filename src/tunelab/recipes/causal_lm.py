@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data import DataError
+from tunelab.evaluate import gate
 from tunelab.lm.generation import generate_texts
 from tunelab.lm.metrics import generation_metrics
 from tunelab.recipes.common import (EVAL_SPLITS, Run, check_data, mark_completed, package, resolve_base, start_meter,
@@ -121,6 +122,7 @@ def fine_tune_lm(spec: RunSpec, resume: bool = False, force: bool = False, overw
                 "prompt": task.tokenizer.decode(p["prompt_ids"]),
                 "base": base_answers[i] if i < len(base_answers) else None,
                 "fine_tuned": tuned_answers[i], "fine_tuned_ids": tuned_ids[i]} for i, p in enumerate(prompts["test"])]
+    verdict = lm_verdict(spec, baseline, fine_tuned, state)
     metrics = {"baseline": baseline, "fine_tuned": fine_tuned}
     comparison = compare_lm(baseline.get("test", {}), fine_tuned["test"], spec.evaluation.metric) if baseline else {}
     task.save(model, RunDir(run_dir))
@@ -129,14 +131,30 @@ def fine_tune_lm(spec: RunSpec, resume: bool = False, force: bool = False, overw
                                               "batch_size": 8, "samples": samples})
     details = {"comparison": comparison, "best_epoch": state.best_epoch, "stopped_early": state.stopped_early,
                "baseline_method": "the untuned base model on the same held-out examples and prompts",
+               "loss_on": task.describe_loss(spec),
                "truncation": {n: {"truncated": len(e.truncated), "tokens_cut": e.tokens_cut,
                                   "untrainable": len(e.untrainable), "examples": len(e),
-                                  "trained_tokens": e.trained_tokens} for n, e in encoded.items()}}
+                                  "trained_tokens": e.trained_tokens} for n, e in encoded.items()},
+               "gate": verdict.to_dict()}
     details["energy"] = meter.stop()  # the reports and the model card show it; run.json records it
     package(run_dir, metrics, details, state)
     write_lm_report(run.file(RunDir.REPORT), spec, metrics, details, state, samples, prepared.findings)
     write_text(run.file(RunDir.MODEL_CARD), lm_model_card(spec, task, prepared, metrics, details,
                                                           methods.trainable_summary(model)))
-    mark_completed(run_dir, state, started, resume, accelerator, details["energy"])
+    mark_completed(run_dir, state, started, resume, accelerator, verdict, details["energy"])
     accelerator.wait_for_everyone()
-    return Run(run_dir, metrics, state, comparison)
+    return Run(run_dir, metrics, state, comparison, verdict.to_dict())
+
+
+def lm_verdict(spec: RunSpec, baseline: dict[str, Any], fine_tuned: dict[str, Any], state: Any) -> gate.Verdict:
+    """The promotion gate on the validation split: by the spec's metric where both models were scored on it
+    there (generation metrics need generation.every_epoch), else by the validation loss, which both always are."""
+    metric = spec.evaluation.metric
+    base_val, tuned_val = baseline.get("validation"), fine_tuned["validation"]
+    if metric not in tuned_val or (base_val is not None and metric not in base_val):
+        metric = "loss"
+    verdict = gate.judge(base_val, tuned_val, metric, metric == "loss")
+    if not verdict.promoted:
+        verdict.diagnosis = gate.diagnose(state.history, metric, metric == "loss", spec.learning_rate,
+                                          spec.training.epochs)
+    return verdict

@@ -10,8 +10,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
+
 from tunelab import __version__
-from tunelab.evaluate.metrics import compare, headline, overfitting_warning
+from tunelab.evaluate import gate
+from tunelab.evaluate.metrics import compare, headline, metric_function, overfitting_warning
 from tunelab.recipes.common import (EVAL_SPLITS, Run, check_data, mark_completed, package, resolve_base, start_meter,
                                     start_run)
 from tunelab.reports import data_report
@@ -46,9 +49,10 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
     truth = {name: task.truth(splits[name]) for name in EVAL_SPLITS}
 
     # baseline: the untuned model on the same validation and test examples
-    baseline_method, baseline = "not scored (evaluation.baseline: false)", {}
+    baseline_method, baseline, baseline_predictions = "not scored (evaluation.baseline: false)", {}, {}
     if spec.evaluation.baseline and main:
         baseline_method, baseline = task.baseline(base, splits["train"], {n: splits[n] for n in EVAL_SPLITS}, spec)
+        baseline_predictions = {n: m.pop("predictions") for n, m in baseline.items()}
 
     # adapt
     model = task.apply_method(model, spec)
@@ -64,6 +68,10 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
         accelerator.wait_for_everyone()
         return Run(run_dir, {}, state, {})
 
+    # gate: promoted only when it beats the baseline on validation (tunelab.evaluate.gate)
+    verdict = classifier_verdict(task, spec, baseline, fine_tuned, truth, baseline_predictions, logits, state,
+                                 splits["train"])
+
     # package
     metrics = {"baseline": {n: headline(m) for n, m in baseline.items()},
                "fine_tuned": {n: headline(m) for n, m in fine_tuned.items()}}
@@ -72,7 +80,8 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
     task.save(model, RunDir(run_dir))
     details = {"baseline": baseline, "fine_tuned": fine_tuned, "baseline_method": baseline_method,
                "extra_baselines": extras.get("extra_baselines", {}),
-               "comparison": comparison, "best_epoch": state.best_epoch, "stopped_early": state.stopped_early}
+               "comparison": comparison, "best_epoch": state.best_epoch, "stopped_early": state.stopped_early,
+               "gate": verdict.to_dict()}
     details["energy"] = meter.stop()  # the reports and the model card show it; run.json records it
     package(run_dir, metrics, details, state)
     run = RunDir(run_dir)
@@ -81,10 +90,29 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
         "name": run_dir.name, "spec": spec.model_dump(mode="json"), "spec_yaml": dump_spec(spec), "metrics": metrics,
         "details": details, "history": state.history, "step_losses": state.step_losses, "labels": task.labels,
         "metric": spec.evaluation.metric, "baseline_method": baseline_method, "warning": warning,
-        "findings": prepared.findings, "version": __version__, **extras})
+        "findings": prepared.findings, "version": __version__, "gate": verdict.to_dict(), **extras})
     write_text(run.file(RunDir.MODEL_CARD), model_card(spec, task, prepared, metrics, details,
                                                        methods.trainable_summary(model),
                                                        data_report.headline(data_summary)))
-    mark_completed(run_dir, state, started, resume, accelerator, details["energy"])
+    mark_completed(run_dir, state, started, resume, accelerator, verdict, details["energy"])
     accelerator.wait_for_everyone()
-    return Run(run_dir, metrics, state, comparison)
+    return Run(run_dir, metrics, state, comparison, verdict.to_dict())
+
+
+def classifier_verdict(task: Any, spec: RunSpec, baseline: dict[str, Any], fine_tuned: dict[str, Any],
+                       truth: dict[str, Any], baseline_predictions: dict[str, Any], logits: dict[str, Any],
+                       state: Any, train: Any) -> gate.Verdict:
+    """The promotion gate on the validation split, with a paired bootstrap interval from both models'
+    per-example predictions, and the diagnosis when the fine-tuned model does not beat the baseline."""
+    metric = spec.evaluation.metric
+    predicted = task.predict_ids(logits["validation"])
+    paired = None
+    if "validation" in baseline_predictions:
+        paired = (truth["validation"], np.asarray(baseline_predictions["validation"]), predicted,
+                  metric_function(metric, task.multi_label))
+    verdict = gate.judge(baseline.get("validation"), fine_tuned["validation"], metric, spec.lower_is_better,
+                         paired=paired, seed=spec.training.seed)
+    if not verdict.promoted:
+        verdict.diagnosis = gate.diagnose(state.history, metric, spec.lower_is_better, spec.learning_rate,
+                                          spec.training.epochs, list(train["label"]), predicted)
+    return verdict

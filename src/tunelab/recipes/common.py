@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,18 @@ EVAL_SPLITS = ("validation", "test")
 
 @dataclass
 class Run:
+    """What fine_tune returns: the run directory, headline metrics, the training state, the test comparison
+    and the promotion gate's verdict (tunelab.evaluate.gate; `gate["promoted"]`)."""
+
     dir: Path
     metrics: dict[str, Any]
     state: TrainState
     comparison: dict[str, Any]
+    gate: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return bool(self.gate.get("promoted", True))
 
 
 def _open_run_dir(spec: RunSpec, resume: bool, overwrite: bool, accelerator: Accelerator) -> Path:
@@ -130,10 +138,11 @@ def package(run_dir: Path, metrics: dict[str, Any], details: dict[str, Any], sta
 
 
 def mark_completed(run_dir: Path, state: TrainState, started: float, resume: bool, accelerator: Accelerator,
-                   energy: dict[str, Any] | None = None) -> None:
-    """run.json 'completed': written after every other file of the run. ENERGY: the meter's record (none when
-    energy.track is false)."""
+                   verdict: Any, energy: dict[str, Any] | None = None) -> None:
+    """run.json, written after every other file of the run: status 'completed' when the gate promoted the
+    model, 'not-promoted' when it does not beat its baseline (serve and export then refuse it). ENERGY: the
+    meter's record (none when energy.track is false)."""
     write_json(RunDir(run_dir).file(RunDir.STATUS), {
-        "status": "completed", "started": started, "finished": time.time(), "tunelab": __version__,
-        "processes": accelerator.num_processes, "resumed": resume, "best_epoch": state.best_epoch,
-        **({"energy": energy} if energy else {})})
+        "status": "completed" if verdict.promoted else "not-promoted", "started": started, "finished": time.time(),
+        "tunelab": __version__, "processes": accelerator.num_processes, "resumed": resume,
+        "best_epoch": state.best_epoch, "gate": verdict.to_dict(), **({"energy": energy} if energy else {})})

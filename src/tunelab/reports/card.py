@@ -79,7 +79,7 @@ Baseline: {details.get('baseline_method')}. Baseline and fine-tuned model are sc
 | split | n | baseline accuracy | fine-tuned accuracy | baseline macro-F1 | fine-tuned macro-F1 |
 |---|---|---|---|---|---|
 {rows}
-{verdict}
+{verdict}{_gate_line(details)}
 ## Limits
 - Scores hold for data like the training data; expect lower quality on other domains, languages or text lengths.
 - Texts longer than {spec.data.max_length} tokens are truncated: only their beginning is read.
@@ -140,7 +140,7 @@ Data checks:
 |---|---|---|---|
 {chr(10).join(rows)}
 
-{verdict}
+{verdict}{_gate_line(details)}
 ## Training
 epochs {spec.training.epochs} (best {details.get('best_epoch')}), learning rate {spec.learning_rate}, batch {spec.training.batch_size},
 batching {spec.training.batching}, seed {spec.training.seed}.{energy}
@@ -149,3 +149,12 @@ batching {spec.training.batching}, seed {spec.training.seed}.{energy}
 `tunelab generate RUN --prompt "..."`, `tunelab chat RUN`; `tunelab export RUN --merge` writes a plain
 transformers folder and checks that it reproduces these answers.
 """
+
+
+def _gate_line(details: dict[str, Any]) -> str:
+    """The promotion gate's verdict in one line (validation split; tunelab.evaluate.gate)."""
+    gate = details.get("gate") or {}
+    if not gate:
+        return ""
+    word = "promoted" if gate.get("promoted") else "NOT promoted (serve and export refuse it without --allow-worse)"
+    return f"\nPromotion gate: {word}: {gate.get('reason', '')}.\n"

@@ -75,6 +75,9 @@ def serve(
                                            "held-out texts and refused unless it gives the float model's label on "
                                            ">= 99% of them and loses <= 0.01 of the run's metric."),
     log_level: str = typer.Option("info", help="uvicorn log level (debug, info, warning, error)."),
+    allow_worse: bool = typer.Option(False, "--allow-worse", help="Serve runs that were not promoted (their "
+                                     "fine-tuned model does not beat the untuned baseline; run.json status "
+                                     "not-promoted). Refused by default."),
 ) -> None:
     """Serve runs over HTTP: OpenAI-compatible chat, completions and embeddings, plus /v1/classify."""
     from rich.console import Console
@@ -105,7 +108,7 @@ def serve(
                              max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes, max_input_tokens=max_input_tokens,
                              max_tokens=max_tokens, max_n=max_n, timeout_s=timeout_s,
                              max_batch_tokens=max_batch_tokens, runtime=runtime, threads=torch.get_num_threads(),
-                             quantize=quantize)
+                             quantize=quantize, allow_worse=allow_worse)
     app = create_app(list(runs), settings)
     state = app.state.tunelab
     for name, model in state.models.items():

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from tunelab.evaluate import gate
 from tunelab.run import RunDir, RunError, load_run_spec
 from tunelab.run.weights import PICKLE_SUFFIXES, UnsafeWeights, check_safetensors  # noqa: F401 - re-exported
 from tunelab.serve.batching import MicroBatcher
@@ -486,6 +487,7 @@ def load_model(run: str | Path, settings: ServeSettings, name: str | None = None
         raise RunError(f"{run}: no such run directory")
     spec = load_run_spec(run)
     name = name or run.resolve().name
+    gate.allow(RunDir(run).status(), run, settings.allow_worse, "serve")
     task_cls = get_task(spec.task)
     served_by = {CLASSIFY: ClassifierModel, CAUSAL_LM: GeneratorModel}
     if task_cls.family not in served_by:

@@ -32,6 +32,7 @@ class ServeSettings:
     runtime: str = "auto"                # text classifiers on the CPU: auto (ONNX Runtime when it verifies), onnx, torch
     threads: int | None = None           # compute threads per model call (None: torch's current setting)
     quantize: str | None = None          # "int8": ONNX Runtime int8 for text classifiers, checked on held-out texts
+    allow_worse: bool = False            # serve runs the promotion gate refused (run.json status not-promoted)
     min_int8_agreement: float = INT8_MIN_AGREEMENT    # int8 must give the float model's label this often
     max_int8_metric_drop: float = INT8_MAX_METRIC_DROP  # ... and lose at most this much of the run's metric
 

@@ -122,7 +122,8 @@ class ClassifierTask(Task, Protocol):
 
     def baseline(self, base: str, train: Any, splits: dict[str, Any], spec: RunSpec) -> tuple[str, dict[str, Any]]:
         """The untuned model scored on SPLITS (the same held-out examples as the fine-tuned one), fitted on
-        TRAIN where it needs data (majority class, centroids): (method in words, metrics per split)."""
+        TRAIN where it needs data (majority class, centroids): (method in words, metrics per split, each with
+        the baseline's per-example "predictions" for the promotion gate's paired interval)."""
         ...
 
     def truth(self, ds: Any) -> Any:

@@ -139,8 +139,8 @@ class ImageClassification(LabelOutputs):
         model = self.load_model(folder).eval()
         centroids = nearest_centroids(self.images.features(model, column(train, "image")), self.truth(train),
                                       len(self.labels))
-        scores = {name: self.metrics(self.truth(ds), (self.images.features(model, column(ds, "image")) @ centroids.T)
-                                     .argmax(-1)) for name, ds in splits.items()}
+        scores = {name: self.space.scored(self.truth(ds), (self.images.features(model, column(ds, "image"))
+                                                           @ centroids.T).argmax(-1)) for name, ds in splits.items()}
         return "nearest centroid on the frozen pre-trained features (cosine)", scores
 
     def report_extras(self, model: Any, split: Any, logits: np.ndarray) -> dict[str, Any]:

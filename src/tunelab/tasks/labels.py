@@ -93,6 +93,11 @@ class LabelSpace:
                 out.append({key: value, "label": ranked[0][0], "score": ranked[0][1], "scores": dict(ranked[:top_k])})
         return out
 
+    def scored(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+        """Metrics plus the predictions themselves (under "predictions"), which the promotion gate pairs
+        with the fine-tuned model's for its bootstrap interval; the recipe takes them out before saving."""
+        return {**self.metrics(y_true, y_pred), "predictions": np.asarray(y_pred)}
+
     def majority(self, train_labels: list[Any]) -> Callable[[int], np.ndarray]:
         """Predictions of the majority class of the training data, for N examples."""
         counts = Counter(lab for value in train_labels for lab in (value if isinstance(value, list) else [value]))

@@ -158,7 +158,7 @@ class TextClassification(LabelOutputs):
         else:
             majority = self.space.majority(list(train["label"]))
             predict, method = (lambda texts: majority(len(texts))), "majority class of the training data"
-        return method, {name: self.metrics(self.truth(ds), predict(list(ds["text"]))) for name, ds in splits.items()}
+        return method, {name: self.space.scored(self.truth(ds), predict(list(ds["text"]))) for name, ds in splits.items()}
 
     def _zero_shot(self, folder: str, template: str, train: Any = None):
         from sentence_transformers import SentenceTransformer

@@ -195,7 +195,7 @@ class TextImageClassification(LabelOutputs):
         scores = {}
         for name, ds in splits.items():
             t, i = self.frozen_features(model, ds)
-            scores[name] = self.metrics(self.truth(ds), (np.hstack([t, i]) @ centroids.T).argmax(-1))
+            scores[name] = self.space.scored(self.truth(ds), (np.hstack([t, i]) @ centroids.T).argmax(-1))
         return "nearest centroid on the frozen text + image features", scores
 
     def report_extras(self, model: Any, split: Any, logits: np.ndarray) -> dict[str, Any]:
