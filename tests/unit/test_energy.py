@@ -163,6 +163,13 @@ def test_spec_energy_section_and_its_template() -> None:
     assert "energy:" in text and "grid_intensity: null" in text and "475" in text
 
 
+def _promoted():
+    from tunelab.evaluate.gate import Verdict
+
+    return Verdict(promoted=True, split="validation", metric="macro_f1", lower_is_better=False, baseline=0.5,
+                   fine_tuned=0.9, gain=0.4, n=40)
+
+
 def _accelerator(main: bool = True) -> SimpleNamespace:
     return SimpleNamespace(is_main_process=main, num_processes=1, device=SimpleNamespace(type="cpu"))
 
@@ -177,7 +184,7 @@ def test_a_run_records_energy_with_the_specs_grid_intensity(tmp_path: Path, monk
     busy(0.05)
     energy = meter.stop()
     assert energy["grid_intensity_g_per_kwh"] == 20.5 and energy["co2_kg"] == energy["energy_kwh"] * 20.5 / 1000
-    mark_completed(tmp_path, TrainState(), time.time(), False, _accelerator(), energy)
+    mark_completed(tmp_path, TrainState(), time.time(), False, _accelerator(), _promoted(), energy)
     status = json.loads((tmp_path / "run.json").read_text())
     assert status["status"] == "completed" and status["energy"]["method"] in ("measured", "estimate")
     assert FIELDS <= set(status["energy"])
@@ -190,7 +197,7 @@ def test_track_false_and_other_processes_write_no_energy_record(tmp_path: Path) 
     off = parse_spec({**MINIMAL, "energy": {"track": False}})
     assert start_meter(off, _accelerator()).stop() is None
     assert start_meter(parse_spec(MINIMAL), _accelerator(main=False)).stop() is None
-    mark_completed(tmp_path, TrainState(), time.time(), False, _accelerator(), None)
+    mark_completed(tmp_path, TrainState(), time.time(), False, _accelerator(), _promoted(), None)
     assert "energy" not in json.loads((tmp_path / "run.json").read_text())
 
 
