@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunelab.auto.defaults import choose_learning_rate
 from tunelab.data import DataError
 from tunelab.evaluate import gate
 from tunelab.lm.generation import generate_texts
@@ -62,12 +63,13 @@ def compare_lm(base: dict[str, Any], tuned: dict[str, Any], metric: str) -> dict
 def fine_tune_lm(spec: RunSpec, resume: bool = False, force: bool = False, overwrite: bool = False) -> Any:
     """Fine-tune a causal LM on chat or completion data and leave a complete run directory."""
     started = time.time()
+    # plan: resolve the base model and the settings that depend on it (stored in the run's spec.yaml);
+    # the tokenizer carries the chat template used in training and later
+    base = resolve_base(spec)
+    chosen = {"learning_rate": choose_learning_rate(spec, base)}
     accelerator, run_dir = start_run(spec, resume, overwrite, started)
     meter = start_meter(spec, accelerator)  # energy and CO2 from here to the end of validation (main process)
     main = accelerator.is_main_process
-
-    # plan: resolve the base model; the tokenizer carries the chat template used in training and later
-    base = resolve_base(spec)
     task = get_task(spec.task).from_spec(spec)
     tokenizer = task.load_tokenizer(base)
 
@@ -129,7 +131,7 @@ def fine_tune_lm(spec: RunSpec, resume: bool = False, force: bool = False, overw
     run = RunDir(run_dir)
     write_json(run.file(RunDir.GENERATIONS), {"max_new_tokens": spec.evaluation.generation.max_new_tokens,
                                               "batch_size": 8, "samples": samples})
-    details = {"comparison": comparison, "best_epoch": state.best_epoch, "stopped_early": state.stopped_early,
+    details = {"defaults": chosen, "comparison": comparison, "best_epoch": state.best_epoch, "stopped_early": state.stopped_early,
                "baseline_method": "the untuned base model on the same held-out examples and prompts",
                "loss_on": task.describe_loss(spec),
                "truncation": {n: {"truncated": len(e.truncated), "tokens_cut": e.tokens_cut,

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from tunelab import __version__
+from tunelab.auto.defaults import choose_class_weights, choose_learning_rate
+from tunelab.data.findings import column
 from tunelab.evaluate import gate
 from tunelab.evaluate.metrics import compare, headline, metric_function, overfitting_warning
 from tunelab.recipes.common import (EVAL_SPLITS, Run, check_data, mark_completed, package, resolve_base, start_meter,
@@ -31,12 +33,12 @@ from tunelab.train.loop import evaluate_split, fit, predict_logits, split_metric
 def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = False, overwrite: bool = False) -> Run:
     """Fine-tune spec.model.base on spec.data and leave a complete run directory behind."""
     started = time.time()
+    # plan: resolve the base model and the settings that depend on it (stored in the run's spec.yaml)
+    base = resolve_base(spec)
+    chosen = {"learning_rate": choose_learning_rate(spec, base)}
     accelerator, run_dir = start_run(spec, resume, overwrite, started)
     meter = start_meter(spec, accelerator)  # energy and CO2 from here to the end of validation (main process)
     main = accelerator.is_main_process
-
-    # plan: resolve the base model
-    base = resolve_base(spec)
     task_cls = get_task(spec.task)
 
     # prepare: read, check, split
@@ -44,6 +46,13 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
     data_summary = check_data(prepared, force, run_dir, accelerator)
     splits = prepared.splits
     task = task_cls.from_spec(spec, prepared.labels)
+    weights, chosen["class_weights"] = choose_class_weights(spec.training.class_weights, prepared.findings,
+                                                            column(splits["train"], "label"), task.labels,
+                                                            task.multi_label)
+    task.use_class_weights(weights)
+    if main:
+        accelerator.print(f"defaults: learning rate {spec.learning_rate:g} ({chosen['learning_rate']['why']}); "
+                          f"class weights {chosen['class_weights']['why']}")
     model = task.load_model(base)
     encoded = {name: task.encode(ds) for name, ds in splits.items()}
     truth = {name: task.truth(splits[name]) for name in EVAL_SPLITS}
@@ -78,7 +87,7 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
     comparison = compare(baseline["test"], fine_tuned["test"], spec.evaluation.metric) if baseline else {}
     extras: dict[str, Any] = task.report_extras(model, splits["test"], logits["test"])  # the test logits scored above
     task.save(model, RunDir(run_dir))
-    details = {"baseline": baseline, "fine_tuned": fine_tuned, "baseline_method": baseline_method,
+    details = {"defaults": chosen, "baseline": baseline, "fine_tuned": fine_tuned, "baseline_method": baseline_method,
                "extra_baselines": extras.get("extra_baselines", {}),
                "comparison": comparison, "best_epoch": state.best_epoch, "stopped_early": state.stopped_early,
                "gate": verdict.to_dict()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunelab.auto.defaults import summary as defaults_summary
 from tunelab.auto.energy import summary
 from tunelab.data import Prepared
 from tunelab.spec.schema import RunSpec
@@ -14,6 +15,12 @@ def _row(split: str, metrics: dict[str, Any], baseline: dict[str, Any]) -> str:
     f = metrics[split]
     fmt = lambda d, k: f"{d[k]:.4f}" if k in d else "–"
     return f"| {split} | {f['n']} | {fmt(b, 'accuracy')} | {fmt(f, 'accuracy')} | {fmt(b, 'macro_f1')} | {fmt(f, 'macro_f1')} |"
+
+
+def _chosen(details: dict[str, Any], prefix: str) -> str:
+    """The card's line on the settings tunelab chose (learning rate, class weights) and why."""
+    line = defaults_summary(details.get("defaults"))
+    return prefix + line if line else ""
 
 
 def _energy(details: dict[str, Any], prefix: str) -> str:
@@ -42,6 +49,7 @@ def model_card(spec: RunSpec, task: Any, prepared: Prepared, metrics: dict[str, 
                    f"({comparison['gain']:+.4f}, n={comparison['n']}).\n")
     image = "image" in task.input_kind
     energy = _energy(details, "\n- energy and CO2: ")
+    chosen = _chosen(details, "\n- chosen by tunelab: ")
     inputs = (f"Images at {spec.data.image_size or 'the model default'} px, column `{spec.data.image_column}`, "
               f"augmentation `{spec.data.augment}`" + (f"; texts column `{spec.data.text_column}`, "
               f"truncated to {spec.data.max_length} tokens" if "text" in task.input_kind else "")
@@ -69,7 +77,7 @@ Data checks before training ({data_headline}; details in `data_report.html`):
 ## Method and hyperparameters
 - method: {spec.model.method}{lora}; trainable parameters {params['trainable_params']:,} of {params['total_params']:,}
 - epochs (max) {t.epochs}, best epoch {details.get('best_epoch')}, stopped early: {details.get('stopped_early')}
-- learning rate {spec.learning_rate:g}, warmup {t.warmup:.0%} then linear decay, weight decay {t.weight_decay}
+- learning rate {spec.learning_rate:g}, warmup {t.warmup:.0%} then linear decay, weight decay {t.weight_decay}{chosen}
 - batch size {t.batch_size} x {t.gradient_accumulation_steps} accumulation, batching {t.batching}, seed {t.seed}
 - early stopping patience {t.early_stopping_patience} on validation {spec.evaluation.metric}{energy}
 
@@ -116,6 +124,7 @@ def lm_model_card(spec: RunSpec, task: Any, prepared: Any, metrics: dict[str, An
                f"base: {c['metric']} {c['baseline']:.4f} -> {c['fine_tuned']:.4f}.\n") if c else ""
     findings = "\n".join(f"- [{f.severity}] {f.check}: {f.message}" for f in prepared.findings) or "- none"
     energy = _energy(details, "\n\nEnergy and CO2: ")
+    chosen = _chosen(details, "\nChosen by tunelab: ")
     return f"""---
 library_name: {'peft' if spec.model.method != 'full' else 'transformers'}
 pipeline_tag: {task.pipeline_tag}
@@ -143,7 +152,7 @@ Data checks:
 {verdict}{_gate_line(details)}
 ## Training
 epochs {spec.training.epochs} (best {details.get('best_epoch')}), learning rate {spec.learning_rate}, batch {spec.training.batch_size},
-batching {spec.training.batching}, seed {spec.training.seed}.{energy}
+batching {spec.training.batching}, seed {spec.training.seed}.{chosen}{energy}
 
 ## Use
 `tunelab generate RUN --prompt "..."`, `tunelab chat RUN`; `tunelab export RUN --merge` writes a plain

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 
+from tunelab.auto.defaults import summary as defaults_summary  # noqa: E402
 from tunelab.auto.energy import summary  # noqa: E402
 
 
@@ -88,6 +89,7 @@ def write_report(path: Path, context: dict[str, Any]) -> None:
         per_class=test_detail.get("per_class", {}),
         baseline_per_class=details.get("baseline", {}).get("test", {}).get("per_class", {}),
         energy=summary(details["energy"]) if "energy" in details else None,
+        chosen=defaults_summary(details.get("defaults")),
     )
     from tunelab.run.files import write_text
 

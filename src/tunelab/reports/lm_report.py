@@ -7,6 +7,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from tunelab.auto.defaults import summary as defaults_summary
 from tunelab.auto.energy import summary
 from tunelab.run.files import write_text
 from tunelab.reports.html import _epoch_steps, _png, plt
@@ -43,5 +44,6 @@ def write_lm_report(path: Path, spec: RunSpec, metrics: dict[str, Any], details:
         name=path.parent.name, spec=spec.model_dump(mode="json"), spec_yaml=dump_spec(spec), metrics=metrics,
         details=details, history=state.history, samples=samples, findings=findings, metric_names=LM_METRICS,
         curves=lm_curves(state.history, state.step_losses), metric=spec.evaluation.metric,
-        energy=summary(details["energy"]) if "energy" in details else None)
+        energy=summary(details["energy"]) if "energy" in details else None,
+        chosen=defaults_summary(details.get("defaults")))
     write_text(path, html)

@@ -76,7 +76,8 @@ class DataSpec(Section):
 class TrainingSpec(Section):
     epochs: int = Field(3, ge=1, description="Maximum number of passes over the training data.")
     learning_rate: float | None = Field(
-        None, gt=0.0, description="Peak learning rate."
+        None, gt=0.0, description="Peak learning rate; null: chosen by method and the base model's width "
+        "(docs/defaults.md), recorded with its reason in evaluation.json."
     )
     batch_size: int = Field(16, ge=1, description="Examples per optimisation step (per process).")
     eval_batch_size: int = Field(64, ge=1, description="Examples per forward pass when scoring.")
@@ -137,9 +138,29 @@ class TaskRules:
     max_length: int
     learning_rates: dict[str, float] = field(default_factory=dict)
     lower_is_better: tuple[str, ...] = ("loss",)
+    # by method: ((max width, rate), ...) ascending; the first row whose width bound holds the base model's
+    # hidden size wins (tunelab.auto.defaults picks it once the base model is known; docs/defaults.md)
+    learning_rate_by_width: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
 
     def learning_rate(self, method: str) -> float:
         return self.learning_rates.get(method, self.learning_rates.get("*", 2e-5))
+
+    def learning_rate_for(self, method: str, width: int | None) -> tuple[float, str]:
+        """(rate, why) for METHOD on a base model WIDTH wide (hidden size; None when unknown)."""
+        table = self.learning_rate_by_width.get(method)
+        if not table or width is None:
+            why = "no width table for this method" if not table else "the base model's width is unknown"
+            return self.learning_rate(method), f"the {method} default ({why})"
+        lower = 0.0
+        for i, (bound, rate) in enumerate(table):
+            if width <= bound:
+                if i == 0:
+                    return rate, f"{method} on a narrow model (hidden size <= {bound:g})"
+                if i == len(table) - 1:
+                    return rate, f"{method} on a wide model (hidden size > {lower:g})"
+                return rate, f"{method} on a medium model ({lower:g} < hidden size <= {bound:g})"
+            lower = bound
+        return table[-1][1], f"{method} on a wide model (hidden size > {lower:g})"
 
 
 class RunSpec(Section):

@@ -126,6 +126,10 @@ class ClassifierTask(Task, Protocol):
         the baseline's per-example "predictions" for the promotion gate's paired interval)."""
         ...
 
+    def use_class_weights(self, weights: list[float] | None) -> None:
+        """Weight the training loss per label id (None: unweighted); the recipe decides (tunelab.auto.defaults)."""
+        ...
+
     def truth(self, ds: Any) -> Any:
         """Label ids (or multi-hot rows) of a split, in the metric's format."""
         ...

@@ -37,6 +37,7 @@ class LabelSpace:
         self.labels = list(labels)
         self.multi_label = multi_label
         self.label2id = {lab: i for i, lab in enumerate(self.labels)}
+        self.class_weights: list[float] | None = None  # set by the recipe (tunelab.auto.defaults); None = plain loss
 
     def target(self, label: Any) -> Any:
         """A label as the model's training target: an id, or a multi-hot row."""
@@ -125,7 +126,20 @@ def classifier_step(model: Any, batch: dict[str, Any], space: LabelSpace) -> tup
     out = model(**batch)
     truth = batch["labels"].long().cpu().numpy().tolist()
     predicted = space.predict_ids(out.logits.detach().float().cpu().numpy()).tolist()
-    return out.loss, (truth, predicted)
+    return (out.loss if space.class_weights is None else weighted_loss(out.logits, batch["labels"], space)), \
+        (truth, predicted)
+
+
+def weighted_loss(logits: Any, targets: Any, space: LabelSpace) -> Any:
+    """The training loss with the space's class weights: weighted cross-entropy, or BCE with a positive weight
+    per label (multi-label). Only training is weighted: validation loss and metrics stay plain."""
+    import torch
+    import torch.nn.functional as F
+
+    w = torch.tensor(space.class_weights, device=logits.device, dtype=logits.dtype)
+    if space.multi_label:
+        return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), pos_weight=w)
+    return F.cross_entropy(logits, targets.long(), weight=w)
 
 
 def classifier_train_metrics(seen: list[tuple[list, list]], space: LabelSpace,
@@ -148,6 +162,9 @@ class LabelOutputs:
 
     def predict_ids(self, logits: np.ndarray) -> np.ndarray:
         return self.space.predict_ids(logits)
+
+    def use_class_weights(self, weights: list[float] | None) -> None:
+        self.space.class_weights = weights
 
     def metrics(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
         return self.space.metrics(y_true, y_pred)

@@ -75,6 +75,11 @@ class ClassifierTraining(TrainingSpec):
     batching: str | None = Field(
         None, description="length-mixed: similar lengths in a batch, labels mixed; random: plain shuffled batches."
     )
+    class_weights: Literal["auto", "balanced", "none"] = Field(
+        "auto", description="Weight the training loss by class: auto = n / (k * count) per class when the data "
+        "doctor reports class imbalance (positives' weight per label for multi-label), balanced = always, "
+        "none = never. Recorded in evaluation.json and the report."
+    )
 
 
 class LMTraining(TrainingSpec):

@@ -22,10 +22,18 @@ from tunelab.tasks.labels import EncodedSplit, LabelOutputs, LabelSpace, classif
 from tunelab.tasks.sections import ClassifierTraining, LabelledTextData, TextClassifierEvaluation
 
 
+# learning rate by method and encoder width (hidden size), narrowest first; evidence in docs/defaults.md:
+# BERT-base grids 2e-5..5e-5 and RoBERTa-large 1e-5..2e-5 (full), LoRA paper Table 9 (RoBERTa-base 4e-4..5e-4,
+# -large 3e-4..4e-4), and benchmarks/defaults.py on MiniLM (384 wide) for the narrow row
+ENCODER_LEARNING_RATES = {"full": ((512, 1e-4), (800, 3e-5), (float("inf"), 1.5e-5)),
+                          "lora": ((512, 1e-3), (800, 5e-4), (float("inf"), 3e-4))}
+
+
 class TextClassificationSpec(RunSpec):
     RULES: ClassVar[TaskRules] = TaskRules(methods=("full", "lora"), batchings=("length-mixed", "random"),
                                            metrics=("macro_f1", "accuracy", "micro_f1"), max_length=256,
-                                           learning_rates={"full": 2e-5, "lora": 2e-4})
+                                           learning_rates={"full": 2e-5, "lora": 2e-4},
+                                           learning_rate_by_width=ENCODER_LEARNING_RATES)
     FAMILY: ClassVar[str] = base.CLASSIFY
 
     model: ModelSpec = Field(default_factory=ModelSpec, description="Base model (an encoder) and adaptation method.")

@@ -1,0 +1,123 @@
+"""Learning-rate and class-weight defaults, judged on shared data nobody tuned them on.
+
+What: for each data set, the bundled MiniLM (6 layers, hidden 384) fine-tuned by tunelab with the same budget
+(3 epochs, batch 16, max_length 128, seed 0) at a grid of learning rates per method, so the table shows the
+old defaults (full 2e-5, LoRA 2e-4: BERT-base / LLM conventions), the new size-aware defaults
+(tunelab.auto.defaults) and their neighbours side by side; and, on the imbalanced set, class weights off vs
+on at the new default. Every arm is an ordinary tunelab run (its own split of the same rows, same seed), and
+the headline is validation-selected test macro-F1 plus the minority class's test F1.
+
+Data (../shared/datasets, not shipped with the project):
+  fpb       Financial PhraseBank AllAgree, 3-class sentiment (2,264 rows; neutral 61%, negative 13%)
+  unfair    CLAUDETTE unfair ToS clauses, binary fair/unfair, a 3,000-sentence random sample (unfair ~8%:
+            the data doctor reports class imbalance, so class weights turn on by default)
+  amazon    Amazon reviews binary sentiment, 2,000 random train reviews (balanced)
+
+Run:  python benchmarks/defaults.py [--sets fpb,unfair] [--arms lr,weights] [--out benchmarks/results/defaults.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+LR_GRID = {"full": (2e-5, 5e-5, 1e-4), "lora": (2e-4, 5e-4, 1e-3)}  # old default, between, new default (narrow)
+
+
+def _write_csv(rows: list[tuple[str, str]], path: Path) -> str:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    return str(path)
+
+
+def load_set(name: str, folder: Path) -> tuple[str, str]:
+    """(csv path, minority label) of one shared set, written as text,label."""
+    rng = random.Random(0)
+    if name == "fpb":
+        with (SHARED / "financial_phrasebank/fpb_allagree.csv").open(encoding="utf-8") as f:
+            rows = [(r["sentence"], r["label"]) for r in csv.DictReader(f)]
+        return _write_csv(rows, folder / "fpb.csv"), "negative"
+    if name == "unfair":
+        lines = (SHARED / "legal_unfair_tos/unfair_tos_en.jsonl").read_text(encoding="utf-8").splitlines()
+        rows = [(r["text"], "unfair" if r["unfair"] else "fair") for r in map(json.loads, lines)]
+        return _write_csv(rng.sample(rows, 3000), folder / "unfair.csv"), "unfair"
+    if name == "amazon":
+        lines = (SHARED / "sentiment_amazon_reviews/amazon_train.jsonl").read_text(encoding="utf-8").splitlines()
+        recs = [json.loads(x) for x in lines]
+        rows = [(r.get("text") or r.get("review") or r.get("sentence"), str(r["label"])) for r in recs]
+        return _write_csv(rng.sample(rows, 2000), folder / "amazon.csv"), "0"
+    raise SystemExit(f"unknown set {name}")
+
+
+def run_arm(data: str, minority: str, method: str, lr: float | None, weights: str | None, out: Path,
+            name: str) -> dict[str, Any]:
+    from tunelab import fine_tune
+    from tunelab.spec import parse_spec
+
+    training: dict[str, Any] = {"epochs": 3, "batch_size": 16, "seed": 0}
+    if lr is not None:
+        training["learning_rate"] = lr
+    if weights is not None:
+        training["class_weights"] = weights
+    spec = parse_spec({"name": name, "task": "text-classification", "model": {"base": "minilm", "method": method},
+                       "data": {"train": data, "max_length": 128, "split": {"validation": 0.15, "test": 0.25}},
+                       "training": training, "output": {"dir": str(out)}})
+    t0 = time.time()
+    run = fine_tune(spec, overwrite=True, force=True)
+    seconds = time.time() - t0
+    evaluation = json.loads((run.dir / "evaluation.json").read_text())
+    test = evaluation["fine_tuned"]["test"]
+    resolved = json.loads((run.dir / "run.json").read_text())
+    return {"method": method, "learning_rate": lr, "class_weights": weights,
+            "chosen": evaluation.get("defaults", {}), "status": resolved["status"],
+            "val_macro_f1": evaluation["fine_tuned"]["validation"]["macro_f1"], "test_macro_f1": test["macro_f1"],
+            "test_minority_f1": test["per_class"][minority]["f1"],
+            "baseline_test_macro_f1": evaluation.get("baseline", {}).get("test", {}).get("macro_f1"),
+            "seconds": round(seconds, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", default="fpb,unfair")
+    ap.add_argument("--arms", default="lr,weights", help="lr: the learning-rate grid; weights: class weights off/on")
+    ap.add_argument("--methods", default="full,lora")
+    ap.add_argument("--out", default="benchmarks/results/defaults.json")
+    args = ap.parse_args()
+    out_path = Path(args.out)
+    results: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
+    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for set_name in args.sets.split(","):
+            data, minority = load_set(set_name, folder)
+            rows = results.setdefault(set_name, [])
+            arms: list[tuple[str, float | None, str | None]] = []
+            if "lr" in args.arms:
+                arms += [(m, lr, "none") for m in args.methods.split(",") for lr in LR_GRID[m]]
+            if "weights" in args.arms:
+                arms += [(m, None, "auto") for m in args.methods.split(",")]
+            for method, lr, weights in arms:
+                row = run_arm(data, minority, method, lr, weights, folder / "runs", f"{set_name}-{method}")
+                row = {"set": set_name, **row}
+                print(json.dumps(row), flush=True)
+                rows[:] = [r for r in rows if (r["method"], r["learning_rate"], r["class_weights"])
+                           != (method, lr, weights)] + [row]
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                out_path.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
