@@ -14,7 +14,7 @@ from tunelab.run import RunError
 
 def test_promoted_only_when_strictly_better_in_the_metrics_direction() -> None:
     assert gate.judge({"macro_f1": 0.5, "n": 10}, {"macro_f1": 0.6, "n": 10}, "macro_f1", False).promoted
-    tie = gate.judge({"macro_f1": 1.0, "n": 10}, {"macro_f1": 1.0, "n": 10}, "macro_f1", False)
+    tie = gate.judge({"macro_f1": 0.9, "n": 10}, {"macro_f1": 0.9, "n": 10}, "macro_f1", False)
     assert not tie.promoted and tie.gain == 0.0
     worse = gate.judge({"macro_f1": 0.7, "n": 10}, {"macro_f1": 0.4, "n": 10}, "macro_f1", False)
     assert not worse.promoted and worse.gain == pytest.approx(-0.3)
@@ -89,3 +89,12 @@ def test_metric_functions_agree_with_the_full_metrics() -> None:
     full = classification_metrics(truth, pred, ["a", "b", "c"])
     for name in ("accuracy", "macro_f1", "micro_f1"):
         assert math.isclose(metric_function(name)(truth, pred), full[name])
+
+
+def test_a_tie_at_the_ceiling_is_promoted_but_any_other_tie_is_not() -> None:
+    perfect = gate.judge({"macro_f1": 1.0}, {"macro_f1": 1.0, "n": 9}, "macro_f1", False)
+    assert perfect.promoted and "both perfect" in perfect.summary() and "cannot separate" in perfect.interval_note
+    tie = gate.judge({"macro_f1": 0.8}, {"macro_f1": 0.8, "n": 9}, "macro_f1", False)
+    assert not tie.promoted and "does NOT beat" in tie.summary()
+    loss_tie = gate.judge({"loss": 0.0}, {"loss": 0.0, "n": 9}, "loss", True)
+    assert not loss_tie.promoted

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+BOUNDED_METRICS = ("accuracy", "macro_f1", "micro_f1")  # metrics whose best possible value is 1.0
 NOT_PROMOTED_EXIT = 3  # `tunelab train`: 0 promoted, 1 a failed check, 2 a user error, 3 not promoted
 
 
@@ -49,7 +50,8 @@ class Verdict:
         """One line for the console and the report."""
         if self.baseline is None:
             return f"promoted without a gate: {self.reason}"
-        word = "beats" if self.promoted else "does NOT beat"
+        word = ("matches (both perfect)" if self.promoted and self.gain == 0 else
+                "beats" if self.promoted else "does NOT beat")
         ci = (f", gain {self.gain:+.4f} (95% interval {self.interval[0]:+.4f} to {self.interval[1]:+.4f})"
               if self.interval else f", gain {self.gain:+.4f}")
         return (f"the fine-tuned model {word} the untuned baseline on {self.split}: {self.metric} "
@@ -67,14 +69,20 @@ def judge(baseline: dict[str, Any] | None, fine_tuned: dict[str, Any], metric: s
                        reason="no baseline was scored (evaluation.baseline: false), so nothing to beat")
     base = float(baseline[metric])
     gain = (base - tuned) if lower_is_better else (tuned - base)
-    promoted = bool(math.isfinite(tuned) and gain > 0)
+    # both perfect (F1 or accuracy 1.0): nothing left to beat on this split, and the fine-tuned model is no worse
+    both_perfect = not lower_is_better and metric in BOUNDED_METRICS and base >= 1.0 and tuned >= 1.0
+    promoted = bool(math.isfinite(tuned) and (gain > 0 or both_perfect))
     verdict = Verdict(promoted, split, metric, lower_is_better, base, tuned, gain, fine_tuned.get("n"))
+    if both_perfect:
+        verdict.interval_note = (f"the baseline is already perfect on {split}, so the gate cannot separate the two "
+                                 "models: the fine-tuned one is promoted as no worse; the test split and harder "
+                                 "held-out data are the real check")
     if paired is not None:
         verdict.interval = bootstrap_gain(*paired, lower_is_better=lower_is_better, seed=seed)
-        if promoted and verdict.interval[0] <= 0:
+        if promoted and verdict.interval[0] <= 0 and not both_perfect:
             verdict.interval_note = ("the interval includes no gain: on this many held-out examples the improvement "
                                      "may be chance; more validation data would settle it")
-    else:
+    elif not both_perfect:
         verdict.interval_note = "no interval: per-example scores of both models are not kept for this task"
     verdict.reason = verdict.summary()
     return verdict
