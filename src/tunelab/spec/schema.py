@@ -129,7 +129,9 @@ class OutputSpec(Section):
 @dataclass(frozen=True)
 class TaskRules:
     """What a task allows and defaults to, where a plain field default cannot say it: the first entry of
-    each tuple is the default. Learning rates by method, LEARNING_RATES['*'] for any other method."""
+    each tuple is the default. Learning rates by method, LEARNING_RATES['*'] for any other method.
+    METHOD_MODELS: which kind of model the task's methods adapt, i.e. where tunelab.train.methods finds them
+    ('transformers' or 'image')."""
 
     methods: tuple[str, ...]
     batchings: tuple[str, ...]
@@ -137,6 +139,7 @@ class TaskRules:
     max_length: int
     learning_rates: dict[str, float] = field(default_factory=dict)
     lower_is_better: tuple[str, ...] = ("loss",)
+    method_models: str = "transformers"
 
     def learning_rate(self, method: str) -> float:
         return self.learning_rates.get(method, self.learning_rates.get("*", 2e-5))
