@@ -65,7 +65,7 @@ def make_tiny_sentence_encoder(folder: str | Path, words: list[str]) -> Path:
     folder = Path(folder)
     bert = make_tiny_bert(folder.with_name(folder.name + "-bert"), words)
     transformer = Transformer(str(bert), max_seq_length=64)
-    encoder = SentenceTransformer(modules=[transformer, Pooling(transformer.get_word_embedding_dimension(), "mean"),
+    encoder = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean"),
                                            Normalize()], device="cpu")
     encoder.save(str(folder))
     return folder

@@ -17,42 +17,25 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from tunelab.catalog import is_sentence_encoder
-from tunelab.fewshot.model import POOLINGS, SentenceClassifier, from_encoder
 from tunelab.spec.schema import RunSpec, SpecError
-from tunelab.train.loop import TrainState, predict_logits
 
-if TYPE_CHECKING:
-    from tunelab.train.methods import TrainJob
+if TYPE_CHECKING:  # the heavy imports wait for training
+    import torch
+
+    from tunelab.fewshot.model import SentenceClassifier
+    from tunelab.train.loop import TrainState
+    from tunelab.train.trainers import TrainJob
 
 PARITY_ATOL = 1e-4  # largest |probability difference| between setfit's model and the converted one
 ABSENT_CLASS_LOGIT = -1e4  # a label with no training example: the head never predicts it
 
 
-class QuietProgress(ProgressCallback):
-    """SetFit's progress bar without a printed dict per logged step (the losses go to history.json)."""
-
-    def on_log(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def check_base(spec: RunSpec, base: str) -> None:
-    """SetFit tunes a sentence encoder: refuse any other base before any work, naming what works."""
-    if is_sentence_encoder(base):
-        return
-    raise SpecError(
-        f"model.method setfit needs a sentence-transformers encoder (a folder with modules.json), and "
-        f"'{spec.model.base}' is not one. Use a sentence encoder such as the bundled 'minilm' "
-        "(all-MiniLM-L6-v2), a local sentence-transformers folder (for a hub id: download it first, e.g. "
-        "`huggingface-cli download NAME --local-dir DIR`, and give DIR), or method: full / lora for this base.")
-
-
 def body_layout(body: Any) -> tuple[str, bool]:
     """(pooling mode, whether embeddings are L2-normalised) of a SentenceTransformer made of a transformer,
     a pooling module and optionally a Normalize module; other layouts cannot be reproduced exactly, so refuse."""
+    from tunelab.fewshot.model import POOLINGS
+
     kinds = [type(module).__name__ for module in body]
     if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
         raise SpecError(f"model.method setfit supports sentence encoders made of Transformer -> Pooling "
@@ -70,7 +53,7 @@ def linear_head(head: Any, n_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
     A multinomial LogisticRegression is softmax(coef @ x + intercept): the rows as they are, one per class it
     saw. A binary one is sigmoid(z) for its second class, which is softmax([0, z]). SetFit's differentiable
     head is softmax(linear(x) / (temperature + eps)): its linear layer divided by that scale."""
-    from setfit.modeling import SetFitHead
+    import torch
     from sklearn.linear_model import LogisticRegression
 
     if isinstance(head, LogisticRegression):
@@ -83,6 +66,8 @@ def linear_head(head: Any, n_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
         bias = torch.full((n_labels,), ABSENT_CLASS_LOGIT, dtype=torch.float64)
         weight[classes], bias[classes] = coef, intercept
         return weight, bias
+    from setfit.modeling import SetFitHead  # setfit imports the Trainer stack: only when its head is used
+
     if isinstance(head, SetFitHead):
         scale = head.temperature + head.eps
         linear = head.linear
@@ -116,6 +101,9 @@ def train_setfit(job: TrainJob) -> tuple[SentenceClassifier, TrainState]:
     from sklearn.linear_model import LogisticRegression
     from transformers import set_seed
 
+    from tunelab.fewshot.model import from_encoder
+    from tunelab.train.loop import TrainState
+
     spec, task, accelerator = job.spec, job.task, job.accelerator
     if accelerator.num_processes > 1:
         raise SpecError("model.method setfit trains in one process; run it without accelerate launch / torchrun")
@@ -134,10 +122,7 @@ def train_setfit(job: TrainJob) -> tuple[SentenceClassifier, TrainState]:
     with tempfile.TemporaryDirectory(prefix="tunelab-setfit-") as scratch:  # setfit wants an output_dir
         trainer = Trainer(model=setfit_model, args=setfit_arguments(spec, scratch, accelerator.is_main_process),
                           train_dataset=Dataset.from_dict({"text": texts, "label": ids}))
-        shown = trainer.st_trainer.pop_callback(ProgressCallback) is not None
-        trainer.st_trainer.pop_callback(PrinterCallback)
-        if shown:
-            trainer.st_trainer.add_callback(QuietProgress)
+        quiet_logs(trainer.st_trainer)
         trainer.train()
     train_seconds = time.perf_counter() - started
     losses = [[int(row["step"]), float(row["embedding_loss"])] for row in trainer.st_trainer.state.log_history
@@ -161,16 +146,33 @@ def train_setfit(job: TrainJob) -> tuple[SentenceClassifier, TrainState]:
     return model, state
 
 
+def quiet_logs(trainer: Any) -> None:
+    """Keep the Trainer's progress bar but not the dict it prints per logged step (logging every step keeps
+    the losses for history.json; printing them would flood the terminal)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    shown = trainer.pop_callback(ProgressCallback) is not None
+    trainer.pop_callback(PrinterCallback)
+    if shown:
+        trainer.add_callback(QuietProgress)
+
+
 def check_parity(setfit_model: Any, model: SentenceClassifier, task: Any, encoded: Any, texts: list[str],
                  batch_size: int) -> np.ndarray:
     """Stop the run when the converted model's probabilities on the training texts differ from setfit's own
     by more than PARITY_ATOL: a saved model that silently disagrees with what was trained is worse than none.
     Returns the converted model's logits on those texts."""
+    from sklearn.linear_model import LogisticRegression
+
+    from tunelab.train.loop import predict_logits
+
     logits = predict_logits(model, encoded, task.collator(), batch_size, desc="parity")
     ours = task.scores(logits)
     theirs = np.asarray(setfit_model.predict_proba(texts, as_numpy=True, show_progress_bar=False), dtype=np.float64)
-    from sklearn.linear_model import LogisticRegression
-
     head = setfit_model.model_head  # a logistic head has columns for the classes it saw in training only
     present = [int(c) for c in head.classes_] if isinstance(head, LogisticRegression) else list(range(ours.shape[1]))
     diff = float(np.abs(ours[:, present] - theirs).max()) if len(texts) else 0.0

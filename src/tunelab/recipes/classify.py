@@ -24,7 +24,7 @@ from tunelab.run import RunDir
 from tunelab.run.files import write_text
 from tunelab.spec import RunSpec, dump_spec
 from tunelab.tasks import get_task
-from tunelab.train import methods
+from tunelab.train import methods, trainers
 from tunelab.train.loop import evaluate_split, predict_logits, split_metrics
 
 
@@ -58,7 +58,7 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
     # adapt: the method trains (tunelab's loop, or its own trainer) and hands back the model to validate
     model = task.apply_method(model, spec)
     batch = spec.training.eval_batch_size
-    model, state = method.train(model, methods.TrainJob(
+    model, state = trainers.train(method, model, trainers.TrainJob(
         task, base, splits["train"], encoded["train"], spec, run_dir, accelerator, resume=resume,
         evaluate=lambda m: evaluate_split(m, task, encoded["validation"], truth["validation"], batch, accelerator)))
 

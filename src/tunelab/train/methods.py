@@ -6,9 +6,10 @@ between epochs. One registry, one entry per method, for two kinds of model:
   lora on attention, whose implementation lives beside the image models (tunelab.vision.strategies) and
   is registered here when first asked for.
 
-A method also says how it trains (`Method.train`): most run tunelab's loop (train/loop.py) on the model
-`apply` returned; setfit (few-shot text classification, tunelab.fewshot) trains with the setfit library and
-hands back the model it built. The classify recipe asks `for_spec(spec)` and never names a method.
+A method also says how it trains (`Method.trainer`, run by tunelab.train.trainers): most use tunelab's loop
+(train/loop.py) on the model `apply` returned; setfit (few-shot text classification, tunelab.fewshot) trains
+with the setfit library and hands back the model it built. The classify recipe asks `for_spec(spec)` and
+never names a method.
 
 `get_method(name, models)` gives the Method; `apply(model, spec, peft_task_type)` is the transformers
 shortcut; `merged(model)` a plain transformers model for the `model/` folder (LoRA adapters folded in).
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,41 +28,17 @@ from tunelab.spec.schema import RunSpec
 TRANSFORMERS, IMAGE = "transformers", "image"
 
 
-@dataclass
-class TrainJob:
-    """What the recipe hands a method's trainer: the task, the base model's folder, the training split as
-    read (ROWS: texts or images with labels) and as the task encoded it (ENCODED), the spec, the run
-    directory, the processes (ACCELERATOR), how to score the validation split (EVALUATE: model -> metrics)
-    and whether to resume from the run's last checkpoint."""
-
-    task: Any
-    base: str
-    rows: Any
-    encoded: Any
-    spec: RunSpec
-    run_dir: Path
-    accelerator: Any
-    evaluate: Callable[[torch.nn.Module], dict[str, Any]]
-    resume: bool = False
-
-
-def loop_trainer(model: torch.nn.Module, job: TrainJob) -> tuple[torch.nn.Module, Any]:
-    """tunelab's training loop (train.loop.fit) on the encoded split: per-epoch validation, early stopping,
-    checkpoints, the best epoch's weights left in MODEL. Returns (the unwrapped model, its TrainState)."""
-    from tunelab.train.loop import fit
-
-    state = fit(model, job.task, job.encoded, job.spec, job.run_dir, job.accelerator, evaluate=job.evaluate,
-                resume=job.resume)
-    return job.accelerator.unwrap_model(model), state
+LOOP, SETFIT = "loop", "setfit"  # the trainers a method may name (tunelab.train.trainers runs them)
 
 
 @dataclass(frozen=True)
 class Method:
     """One way to adapt a model. APPLY returns the model to train (MODEL itself or a peft wrapper);
     PARAM_GROUPS, when set, replaces the default groups (every trainable weight, one rate; train/optim.py);
-    ON_EPOCH_START, when set, changes what trains as epochs pass (gradual unfreezing). TRAINER says how it
-    trains: (model, TrainJob) -> (trained model, TrainState); tunelab's loop unless the method brings its own.
-    CHECK_BASE, when set, refuses (spec, base folder) pairs the method cannot train, before the data is read."""
+    ON_EPOCH_START, when set, changes what trains as epochs pass (gradual unfreezing). TRAINER names how it
+    trains (tunelab.train.trainers runs it): LOOP, tunelab's loop on the model APPLY returned, or SETFIT, the
+    setfit library on the base model's folder. CHECK_BASE, when set, refuses (spec, base folder) pairs the
+    method cannot train, before the data is read."""
 
     name: str
     models: str
@@ -70,12 +46,8 @@ class Method:
     param_groups: Callable[[torch.nn.Module, float, float], list[dict[str, Any]]] | None = None
     on_epoch_start: Callable[[torch.nn.Module, int], None] | None = None
     description: str = ""
-    trainer: Callable[[torch.nn.Module, TrainJob], tuple[torch.nn.Module, Any]] = loop_trainer
+    trainer: str = LOOP
     check_base: Callable[[RunSpec, str], None] | None = None
-
-    def train(self, model: torch.nn.Module, job: TrainJob) -> tuple[torch.nn.Module, Any]:
-        """Train MODEL as this method does; (the model to validate and save, its TrainState)."""
-        return self.trainer(model, job)
 
     def check(self, spec: RunSpec, base: str) -> None:
         """Refuse, before any data work, a base model (local folder or hub id) this method cannot train."""
@@ -174,20 +146,13 @@ def apply_qlora(model: torch.nn.Module, spec: RunSpec, peft_task_type: str) -> t
     return apply_lora(prepare_model_for_kbit_training(model), spec, peft_task_type)
 
 
-def _setfit_trainer(model: torch.nn.Module, job: TrainJob) -> tuple[torch.nn.Module, Any]:
-    from tunelab.fewshot.setfit import train_setfit
-
-    return train_setfit(job)
-
-
 def _setfit_check(spec: RunSpec, base: str) -> None:
-    from tunelab.fewshot.setfit import check_base
+    from tunelab.fewshot.bases import check_base
 
     check_base(spec, base)
 
 
-register(Method("setfit", TRANSFORMERS, lambda model, spec, _: model, trainer=_setfit_trainer,
-                check_base=_setfit_check,
+register(Method("setfit", TRANSFORMERS, lambda model, spec, _: model, trainer=SETFIT, check_base=_setfit_check,
                 description="SetFit: contrastive fine-tuning of a sentence encoder on pairs of the few labelled "
                 "examples, then a classification head (the setfit library; tunelab.fewshot)."))
 
