@@ -39,11 +39,11 @@ def body_layout(body: Any) -> tuple[str, bool]:
     kinds = [type(module).__name__ for module in body]
     if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
         raise SpecError(f"model.method setfit supports sentence encoders made of Transformer -> Pooling "
-                                f"(-> Normalize); this one is {' -> '.join(kinds)}. Use method: full or lora.")
+                        f"(-> Normalize); this one is {' -> '.join(kinds)}. Use method: full or lora.")
     pooling = body[1].pooling_mode
     if pooling not in POOLINGS:
         raise SpecError(f"model.method setfit supports {', '.join(POOLINGS)} pooling; this encoder pools "
-                                f"by {pooling}. Use method: full or lora.")
+                        f"by {pooling}. Use method: full or lora.")
     return pooling, len(kinds) == 3
 
 
@@ -103,10 +103,11 @@ def train_setfit(job: TrainJob) -> tuple[SentenceClassifier, TrainState]:
 
     from tunelab.fewshot.model import from_encoder
     from tunelab.train.loop import TrainState
+    from tunelab.train.methods import MethodUnavailable
 
     spec, task, accelerator = job.spec, job.task, job.accelerator
     if accelerator.num_processes > 1:
-        raise SpecError("model.method setfit trains in one process; run it without accelerate launch / torchrun")
+        raise MethodUnavailable("model.method setfit trains in one process; run it without accelerate launch / torchrun")
     cfg, labels = spec.model.setfit, list(task.labels)
     device = str(accelerator.device)
     set_seed(spec.training.seed)  # the differentiable head's initial weights
@@ -134,12 +135,13 @@ def train_setfit(job: TrainJob) -> tuple[SentenceClassifier, TrainState]:
     # training-set metrics of the final model, in the loop's format: the whole split as one "batch" seen
     train_metrics = task.train_metrics([(ids, task.predict_ids(train_logits).tolist())])
 
+    scored = time.perf_counter()
     val = job.evaluate(model)
     metric = spec.evaluation.metric
     row = {"epoch": 1, "train_loss": float(np.mean([loss for _, loss in losses])) if losses else float("nan"),
            "lr": spec.learning_rate, "pairs": len(texts) * 2 * (cfg.iterations or 0) or None, **train_metrics,
            **{f"val_{k}": v for k, v in val.items() if not isinstance(v, (dict, list))},
-           "train_seconds": round(train_seconds, 2), "val_seconds": round(time.perf_counter() - started - train_seconds, 2)}
+           "train_seconds": round(train_seconds, 2), "val_seconds": round(time.perf_counter() - scored, 2)}
     accelerator.print(f"setfit: embedding loss {row['train_loss']:.4f}  val {metric} {val[metric]:.4f}")
     state = TrainState(epoch=1, global_step=losses[-1][0] if losses else 0, best_metric=val[metric], best_epoch=1,
                        history=[row], step_losses=losses)
