@@ -54,3 +54,18 @@ def make_tiny_bert(folder: str | Path, words: list[str]) -> Path:
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def make_tiny_sentence_encoder(folder: str | Path, words: list[str]) -> Path:
+    """A sentence-transformers folder over the tiny BERT of make_tiny_bert: Transformer -> mean Pooling ->
+    Normalize, the layout of all-MiniLM-L6-v2 (what SetFit and the zero-shot baseline need)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Normalize, Pooling, Transformer
+
+    folder = Path(folder)
+    bert = make_tiny_bert(folder.with_name(folder.name + "-bert"), words)
+    transformer = Transformer(str(bert), max_seq_length=64)
+    encoder = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean"),
+                                           Normalize()], device="cpu")
+    encoder.save(str(folder))
+    return folder

@@ -13,9 +13,11 @@ from tunelab.spec import RunSpec
 
 def fine_tune(spec: RunSpec, resume: bool = False, force: bool = False, overwrite: bool = False) -> Any:
     """Fine-tune spec.model.base on spec.data and leave a complete run directory behind."""
+    from tunelab import catalog
     from tunelab.train import methods
 
     methods.check_supported(spec.model.method)  # e.g. QLoRA without CUDA: refused before any work
+    methods.for_spec(spec).check(spec, catalog.resolve(spec.model.base))  # e.g. setfit on a plain BERT: refused
     if spec.generative:
         from tunelab.recipes.causal_lm import fine_tune_lm
 

@@ -26,8 +26,8 @@ from tunelab.run import RunDir
 from tunelab.run.files import write_text
 from tunelab.spec import RunSpec, dump_spec
 from tunelab.tasks import get_task
-from tunelab.train import methods
-from tunelab.train.loop import evaluate_split, fit, predict_logits, split_metrics
+from tunelab.train import methods, trainers
+from tunelab.train.loop import evaluate_split, predict_logits, split_metrics
 
 
 def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = False, overwrite: bool = False) -> Run:
@@ -40,6 +40,7 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
     meter = start_meter(spec, accelerator)  # energy and CO2 from here to the end of validation (main process)
     main = accelerator.is_main_process
     task_cls = get_task(spec.task)
+    method = methods.for_spec(spec)  # how the model is adapted and trained (tunelab.train.methods)
 
     # prepare: read, check, split
     prepared = task_cls.prepare_data(spec, base, force)
@@ -63,12 +64,13 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
         baseline_method, baseline = task.baseline(base, splits["train"], {n: splits[n] for n in EVAL_SPLITS}, spec)
         baseline_predictions = {n: m.pop("predictions") for n, m in baseline.items()}
 
-    # adapt
+    # adapt: the method trains (tunelab's loop, or its own trainer) and hands back the model to validate
     model = task.apply_method(model, spec)
     batch = spec.training.eval_batch_size
-    state = fit(model, task, encoded["train"], spec, run_dir, accelerator, resume=resume,
-                evaluate=lambda m: evaluate_split(m, task, encoded["validation"], truth["validation"], batch, accelerator))
-    model = accelerator.unwrap_model(model)
+    model, state = trainers.train(method, model, trainers.TrainJob(
+        task, base, splits["train"], encoded["train"], spec, run_dir, accelerator, resume=resume,
+        evaluate=lambda m: evaluate_split(m, task, encoded["validation"], truth["validation"], batch, accelerator),
+        class_weights=weights))
 
     # validate: the best epoch's weights, scored once on test
     logits = {n: predict_logits(model, encoded[n], task.collator(), batch, accelerator, n) for n in EVAL_SPLITS}

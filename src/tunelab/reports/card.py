@@ -40,6 +40,11 @@ def model_card(spec: RunSpec, task: Any, prepared: Prepared, metrics: dict[str, 
     rows = "\n".join(_row(s, metrics["fine_tuned"], metrics["baseline"]) for s in metrics["fine_tuned"])
     lora = (f" (r={spec.model.lora.r}, alpha={spec.model.lora.alpha}, dropout={spec.model.lora.dropout}, "
             f"targets={spec.model.lora.target_modules})") if spec.model.method == "lora" else ""
+    setfit = spec.model.method == "setfit"  # model/ is tunelab's SentenceClassifier, not a stock transformers class
+    if setfit:
+        sf = spec.model.setfit
+        lora = (f" (SetFit: {sf.iterations or sf.sampling} pair iterations, {sf.body_epochs} body epoch(s), "
+                f"{sf.head} head; one validation after training)")
     comparison = details.get("comparison") or {}
     verdict = ""
     if comparison:
@@ -56,7 +61,7 @@ def model_card(spec: RunSpec, task: Any, prepared: Prepared, metrics: dict[str, 
               ) if image else (f"Column mapping: text=`{spec.data.text_column}`, label=`{spec.data.label_column}`.\n"
                                f"Texts truncated to {spec.data.max_length} tokens")
     return f"""---
-library_name: {task.library}
+library_name: {'tunelab' if setfit else task.library}
 pipeline_tag: {task.pipeline_tag}
 base_model: {spec.model.base}
 tags: [tunelab, {spec.task}, {spec.model.method}]
@@ -95,13 +100,21 @@ Baseline: {details.get('baseline_method')}. Baseline and fine-tuned model are sc
 - Labels are only as good as the training data's; the model reproduces its biases and mistakes.
 
 ## Use
-{USE_IMAGE if image else USE_TEXT.format(pipeline_tag=task.pipeline_tag)}
+{USE_IMAGE if image else USE_SETFIT if setfit else USE_TEXT.format(pipeline_tag=task.pipeline_tag)}
 """
 
 
 USE_TEXT = """```python
 from transformers import pipeline
 clf = pipeline("{pipeline_tag}", model="model")  # this run's model/ folder
+```"""
+USE_SETFIT = """`tunelab predict RUN --text "..."` or `tunelab serve RUN`. `model/` holds a sentence encoder with a linear
+head (safetensors; model_type `tunelab-sentence-classifier`), which transformers loads once tunelab registers it:
+```python
+from tunelab.fewshot.model import register_auto
+from transformers import AutoModelForSequenceClassification
+register_auto()
+model = AutoModelForSequenceClassification.from_pretrained("model")  # this run's model/ folder
 ```"""
 USE_IMAGE = """`tunelab predict RUN --image photo.png` (add `--text "..."` for a text + image run); `model/` holds the
 weights (safetensors), tunelab's config and `preprocessor_config.json`."""

@@ -130,7 +130,9 @@ class OutputSpec(Section):
 @dataclass(frozen=True)
 class TaskRules:
     """What a task allows and defaults to, where a plain field default cannot say it: the first entry of
-    each tuple is the default. Learning rates by method, LEARNING_RATES['*'] for any other method."""
+    each tuple is the default. Learning rates by method, LEARNING_RATES['*'] for any other method.
+    METHOD_MODELS: which kind of model the task's methods adapt, i.e. where tunelab.train.methods finds them
+    ('transformers' or 'image')."""
 
     methods: tuple[str, ...]
     batchings: tuple[str, ...]
@@ -141,6 +143,7 @@ class TaskRules:
     # by method: ((max width, rate), ...) ascending; the first row whose width bound holds the base model's
     # hidden size wins (tunelab.auto.defaults picks it once the base model is known; docs/defaults.md)
     learning_rate_by_width: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    method_models: str = "transformers"
 
     def learning_rate(self, method: str) -> float:
         return self.learning_rates.get(method, self.learning_rates.get("*", 2e-5))

@@ -33,7 +33,7 @@ IMAGE_LEARNING_RATES = {"linear-probe": 1e-3, "lora": 1e-3, "*": 3e-4}
 class ImageClassificationSpec(RunSpec):
     RULES: ClassVar[TaskRules] = TaskRules(methods=IMAGE_METHODS, batchings=("length-mixed", "random"),
                                            metrics=("macro_f1", "accuracy", "micro_f1"), max_length=256,
-                                           learning_rates=IMAGE_LEARNING_RATES)
+                                           learning_rates=IMAGE_LEARNING_RATES, method_models="image")
     FAMILY: ClassVar[str] = base.CLASSIFY
 
     model: ImageModel = Field(default_factory=ImageModel, description="Base image model and fine-tuning strategy.")

@@ -7,12 +7,12 @@ The saved model is a plain `AutoModelForSequenceClassification` folder with `id2
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from tunelab.spec.schema import ModelSpec, RunSpec, TaskRules
+from tunelab.spec.schema import ModelSpec, RunSpec, Section, TaskRules
 from tunelab.tasks import base
 from tunelab.tasks.base import register_task
 
@@ -29,18 +29,51 @@ ENCODER_LEARNING_RATES = {"full": ((512, 1e-4), (800, 3e-5), (float("inf"), 1.5e
                           "lora": ((512, 1e-3), (800, 5e-4), (float("inf"), 3e-4))}
 
 
+class SetFitSpec(Section):
+    """SetFit's own settings (model.method: setfit). The training section still gives the batch size, the
+    body's learning rate (training.learning_rate; default 2e-5), warmup, weight decay and the seed;
+    training.epochs, batching, early stopping and checkpoints do not apply (SetFit trains in one go)."""
+
+    iterations: int | None = Field(
+        20, ge=1, description="Pairs drawn per training example: 2 x iterations (one similar, one dissimilar "
+        "pair each time); null: `sampling` decides.")
+    sampling: Literal["oversampling", "undersampling", "unique"] = Field(
+        "oversampling", description="Which pairs when iterations is null: oversampling (every pair at least once, "
+        "as many similar as dissimilar), undersampling, or unique (every pair once).")
+    body_epochs: int = Field(1, ge=1, description="Passes of contrastive training over the pairs.")
+    head: Literal["logistic", "differentiable"] = Field(
+        "logistic", description="logistic: scikit-learn logistic regression on the tuned embeddings (SetFit's "
+        "default); differentiable: a torch linear head trained with gradient descent.")
+    head_epochs: int = Field(16, ge=1, description="Epochs of the differentiable head (logistic ignores it).")
+    head_learning_rate: float = Field(1e-2, gt=0.0, description="Learning rate of the differentiable head.")
+    end_to_end: bool = Field(
+        False, description="Differentiable head: also train the encoder while the head trains.")
+
+
+class TextClassifierModel(ModelSpec):
+    setfit: SetFitSpec = Field(default_factory=SetFitSpec, description="SetFit settings, used when method is setfit.")
+
+
 class TextClassificationSpec(RunSpec):
-    RULES: ClassVar[TaskRules] = TaskRules(methods=("full", "lora"), batchings=("length-mixed", "random"),
+    RULES: ClassVar[TaskRules] = TaskRules(methods=("full", "lora", "setfit"), batchings=("length-mixed", "random"),
                                            metrics=("macro_f1", "accuracy", "micro_f1"), max_length=256,
-                                           learning_rates={"full": 2e-5, "lora": 2e-4},
+                                           learning_rates={"full": 2e-5, "lora": 2e-4, "setfit": 2e-5},
                                            learning_rate_by_width=ENCODER_LEARNING_RATES)
     FAMILY: ClassVar[str] = base.CLASSIFY
 
-    model: ModelSpec = Field(default_factory=ModelSpec, description="Base model (an encoder) and adaptation method.")
+    model: TextClassifierModel = Field(default_factory=TextClassifierModel,
+                                       description="Base model (an encoder) and adaptation method.")
     data: LabelledTextData = Field(..., description="Where the labelled texts come from and how to read them.")
     training: ClassifierTraining = Field(default_factory=ClassifierTraining, description="Optimisation settings.")
     evaluation: TextClassifierEvaluation = Field(default_factory=TextClassifierEvaluation,
                                                  description="How models are scored.")
+
+    @model_validator(mode="after")
+    def _setfit_single_label(self) -> "TextClassificationSpec":
+        if self.model.method == "setfit" and self.data.multi_label:
+            raise ValueError("model.method setfit supports single-label data (data.multi_label: false); "
+                             "for multi-label data use method full or lora")
+        return self
 
 
 @register_task("text-classification")
@@ -204,9 +237,13 @@ class TextClassification(LabelOutputs):
 
     @staticmethod
     def load_saved(model_dir: str | Path) -> tuple[Any, Any]:
-        """A saved run model, loaded with plain transformers from safetensors only."""
+        """A saved run model, loaded with plain transformers from safetensors only (a SetFit run's model is
+        tunelab's SentenceClassifier, which the Auto classes learn here: tunelab.fewshot.model)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from tunelab.fewshot.model import register_auto
+
+        register_auto()
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
         return model.eval(), AutoTokenizer.from_pretrained(model_dir)
 

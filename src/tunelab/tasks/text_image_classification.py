@@ -34,7 +34,7 @@ CONFIG = "tunelab_text_image.json"
 class TextImageClassificationSpec(RunSpec):
     RULES: ClassVar[TaskRules] = TaskRules(methods=IMAGE_METHODS, batchings=("length-mixed", "random"),
                                            metrics=("macro_f1", "accuracy", "micro_f1"), max_length=256,
-                                           learning_rates=IMAGE_LEARNING_RATES)
+                                           learning_rates=IMAGE_LEARNING_RATES, method_models="image")
     FAMILY: ClassVar[str] = base.CLASSIFY
 
     model: TextImageModel = Field(default_factory=TextImageModel,

@@ -6,6 +6,11 @@ between epochs. One registry, one entry per method, for two kinds of model:
   lora on attention, whose implementation lives beside the image models (tunelab.vision.strategies) and
   is registered here when first asked for.
 
+A method also says how it trains (`Method.trainer`, run by tunelab.train.trainers): most use tunelab's loop
+(train/loop.py) on the model `apply` returned; setfit (few-shot text classification, tunelab.fewshot) trains
+with the setfit library and hands back the model it built. The classify recipe asks `for_spec(spec)` and
+never names a method.
+
 `get_method(name, models)` gives the Method; `apply(model, spec, peft_task_type)` is the transformers
 shortcut; `merged(model)` a plain transformers model for the `model/` folder (LoRA adapters folded in).
 """
@@ -23,11 +28,17 @@ from tunelab.spec.schema import RunSpec
 TRANSFORMERS, IMAGE = "transformers", "image"
 
 
+LOOP, SETFIT = "loop", "setfit"  # the trainers a method may name (tunelab.train.trainers runs them)
+
+
 @dataclass(frozen=True)
 class Method:
     """One way to adapt a model. APPLY returns the model to train (MODEL itself or a peft wrapper);
     PARAM_GROUPS, when set, replaces the default groups (every trainable weight, one rate; train/optim.py);
-    ON_EPOCH_START, when set, changes what trains as epochs pass (gradual unfreezing)."""
+    ON_EPOCH_START, when set, changes what trains as epochs pass (gradual unfreezing). TRAINER names how it
+    trains (tunelab.train.trainers runs it): LOOP, tunelab's loop on the model APPLY returned, or SETFIT, the
+    setfit library on the base model's folder. CHECK_BASE, when set, refuses (spec, base folder) pairs the
+    method cannot train, before the data is read."""
 
     name: str
     models: str
@@ -35,6 +46,13 @@ class Method:
     param_groups: Callable[[torch.nn.Module, float, float], list[dict[str, Any]]] | None = None
     on_epoch_start: Callable[[torch.nn.Module, int], None] | None = None
     description: str = ""
+    trainer: str = LOOP
+    check_base: Callable[[RunSpec, str], None] | None = None
+
+    def check(self, spec: RunSpec, base: str) -> None:
+        """Refuse, before any data work, a base model (local folder or hub id) this method cannot train."""
+        if self.check_base is not None:
+            self.check_base(spec, base)
 
     def groups(self, model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         from tunelab.train.optim import decay_groups
@@ -75,6 +93,11 @@ def _register_image_methods() -> None:
         register(Method(strategy.name, IMAGE, lambda model, spec, _, s=strategy: s.apply(model),
                         lambda model, lr, wd, s=strategy: s.param_groups(model, lr, wd),
                         strategy.on_epoch_start if strategy.epoch_fn is not None else None, strategy.description))
+
+
+def for_spec(spec: RunSpec) -> Method:
+    """The Method a spec asks for: model.method among the methods of the task's kind of model (its RULES)."""
+    return get_method(spec.model.method or "", type(spec).RULES.method_models)
 
 
 def get_method(name: str, models: str = TRANSFORMERS) -> Method:
@@ -121,6 +144,17 @@ def apply_qlora(model: torch.nn.Module, spec: RunSpec, peft_task_type: str) -> t
     from peft import prepare_model_for_kbit_training
 
     return apply_lora(prepare_model_for_kbit_training(model), spec, peft_task_type)
+
+
+def _setfit_check(spec: RunSpec, base: str) -> None:
+    from tunelab.fewshot.bases import check_base
+
+    check_base(spec, base)
+
+
+register(Method("setfit", TRANSFORMERS, lambda model, spec, _: model, trainer=SETFIT, check_base=_setfit_check,
+                description="SetFit: contrastive fine-tuning of a sentence encoder on pairs of the few labelled "
+                "examples, then a classification head (the setfit library; tunelab.fewshot)."))
 
 
 class MethodUnavailable(RuntimeError):
