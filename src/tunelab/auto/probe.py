@@ -62,6 +62,19 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def release_free_memory() -> None:
+    """Collect garbage and hand the C allocator's free pages back to the OS (glibc's malloc_trim), so that the
+    resident memory measured next holds live data only; a no-op where there is no glibc."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return
+
+
 def resident_bytes() -> int | None:
     """This process's resident memory now (VmRSS)."""
     return _status_kb("VmRSS")
@@ -84,6 +97,7 @@ def run_probe(task: Any, base: str, spec: RunSpec, train: Any, validation: Any, 
     set_seed(spec.training.seed)
     accelerator = Accelerator(gradient_accumulation_steps=spec.training.gradient_accumulation_steps)
     cuda = accelerator.device.type == "cuda"
+    release_free_memory()  # what planning allocated and freed must not hide inside the baseline
     before = resident_bytes()
     model = task.apply_method(task.load_model(base), spec)
     model, optimizer, loader, sampler, scheduler = training_setup(model, task, train, spec, accelerator)
