@@ -9,8 +9,9 @@ docs/plan.md, which count the tensors PyTorch's autograd keeps for the backward 
 
 The model of a training step's peak: weights + gradients + AdamW's two states per trainable weight (torch
 keeps them in the weight's dtype; tunelab trains in the load dtype without autocast, so there is no fp32
-master copy) + the activations of the step's forward pass + a backward transient (the gradient of the LM
-logits, or of one layer's activations) + a fixed framework overhead. Only the standard library is imported
+master copy) + the activations of the step's forward pass + a backward transient (GPU: the gradient of the LM
+logits or of one layer's activations; CPU: a share of the activations that glibc's allocator still holds) + a
+fixed framework overhead. docs/plan.md has the formulas and how close they come to measured peaks. Only the standard library is imported
 at module level; torch comes with the model the functions are given.
 """
 
