@@ -2,9 +2,10 @@
 
 The Python API, in the order of the lifecycle::
 
-    from tunelab import load_spec, fine_tune, load_run, predict
+    from tunelab import load_spec, plan, fine_tune, load_run, predict
 
     spec = load_spec("examples/news/spec.yaml")
+    print(plan(spec).memory["total"])        # estimated peak bytes, before any training
     run = fine_tune(spec)                    # writes runs/<name>/
     model = load_run(run.dir)                # a RunDir
     predict(model, texts=["Shares rose after the results."])
@@ -20,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["fine_tune", "load_spec", "RunDir", "load_run", "predict"]
+__all__ = ["fine_tune", "plan", "load_spec", "RunDir", "load_run", "predict"]
 
 # public name -> module that defines it
 _LAZY = {
     "fine_tune": "tunelab.recipes",
+    "plan": "tunelab.auto.plan",
     "load_spec": "tunelab.spec",
     "RunDir": "tunelab.run",
     "load_run": "tunelab.api",
@@ -33,6 +35,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from tunelab.api import load_run, predict
+    from tunelab.auto.plan import plan
     from tunelab.recipes import fine_tune
     from tunelab.run import RunDir
     from tunelab.spec import load_spec

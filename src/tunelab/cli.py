@@ -116,6 +116,40 @@ def _print_gate(verdict: dict) -> None:
               "--allow-worse")
 
 
+@app.command("plan")
+def plan_command(spec: Path = typer.Argument(..., help="Run spec (YAML)."),
+                 gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory", help="Plan for a GPU with this much "
+                                                          "memory (24GB, 80GiB); default: this machine's GPU, else "
+                                                          "its RAM."),
+                 probe_steps: int = typer.Option(3, "--probe-steps", min=1, help="Batches the probe times after a "
+                                                 "warm-up batch."),
+                 no_probe: bool = typer.Option(False, "--no-probe", help="Skip the probe: memory only, no weights "
+                                               "read, no time or energy."),
+                 as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON.")) -> None:
+    """Before training: the estimated peak memory by part, which methods fit the memory, and time and energy
+    from a few measured batches on this machine."""
+    from tunelab.spec import load_spec
+
+    run_spec = load_spec(spec)
+    budget = None
+    if gpu_memory is not None:
+        from tunelab.auto.memory import parse_size
+
+        try:
+            budget = parse_size(gpu_memory)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--gpu-memory") from None
+    from tunelab.auto.plan import plan
+
+    result = plan(run_spec, budget, probe_steps, probe=not no_probe)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+        return
+    from tunelab.reports.plan import print_plan
+
+    print_plan(out, result)
+
+
 @app.command()
 def evaluate(run: Path = typer.Argument(..., help="Run directory."),
              data: Optional[str] = typer.Option(None, help="Score this file instead of the run's validation/test splits."),

@@ -44,7 +44,7 @@ def python(code: str, cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
-COMMANDS = ["train", "evaluate", "predict", "init", "export", "generate", "chat", "models", "monitor", "serve",
+COMMANDS = ["train", "plan", "evaluate", "predict", "init", "export", "generate", "chat", "models", "monitor", "serve",
             "data", "data check", "data clean", "data preview"]
 
 

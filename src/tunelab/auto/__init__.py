@@ -1,2 +1,2 @@
-"""Automation around a run: what tunelab works out for the user. For now the energy meter (energy.py);
-search, the zero -> few-shot -> LoRA -> full ladder and the planner will join it."""
+"""Automation around a run: what tunelab works out for the user. The energy meter (energy.py) and the planner
+(plan.py, with memory.py and probe.py); search and the zero -> few-shot -> LoRA -> full ladder will join them."""

@@ -1,6 +1,6 @@
 """The task registry: every task the spec's `task:` key can name.
 
-A task implements the protocol in tasks/base.py (from_spec, prepare_data, load_model, encode, collator,
+A task implements the protocol in tasks/base.py (from_spec, prepare_data, load_model, empty_model, encode, collator,
 training_step, save, from_saved, routes, ...). Adding a task is one module with a `@register_task` class,
 one line in the import list below, and one row in tests/integration/test_tasks.py. Task modules import only
 light libraries at module level, so this registry (and every task's spec schema) loads without torch.

@@ -68,6 +68,13 @@ class Task(Protocol):
         """The base model (a local folder), set up for this task; loads the tokenizer/processing too."""
         ...
 
+    def empty_model(self, base: str, device_type: str) -> Any:
+        """The model load_model would build, without reading its weights (on the meta device), as it would be
+        set up to train on DEVICE_TYPE (cuda, cpu: the dtype depends on it): the planner (`tunelab plan`)
+        counts its parameters and bytes before any training. Loads the tokenizer/processing too. Small models
+        built by tunelab itself (the image models) may be built for real."""
+        ...
+
     def apply_method(self, model: Any, spec: RunSpec) -> Any:
         """The model to train under spec.model.method (tunelab.train.methods)."""
         ...

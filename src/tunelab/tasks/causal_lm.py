@@ -103,16 +103,34 @@ class LMCore:
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=torch.bfloat16)
-            kwargs["dtype"] = torch.bfloat16
-        elif torch.cuda.is_available():
-            kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-        else:
-            kwargs["dtype"] = torch.float32
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        kwargs["dtype"] = self.training_dtype("cuda" if bf16 else "cpu")
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         if self.added_tokens:
             model.resize_token_embeddings(len(self.tokenizer))
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
+        return model
+
+    def training_dtype(self, device_type: str) -> Any:
+        """bfloat16 on a GPU (assumed bf16-capable: Ampere or later) and for QLoRA's compute, float32 on a CPU:
+        the weights are loaded in it and trained in it (no autocast, so no fp32 master copy)."""
+        import torch
+
+        return torch.bfloat16 if self.method == "qlora" or device_type == "cuda" else torch.float32
+
+    def empty_model(self, folder: str, device_type: str) -> Any:
+        """load_model's model on the meta device (config only), in the dtype it would train in on DEVICE_TYPE,
+        with the embeddings grown for added chat tokens. QLoRA's 4-bit layers cannot exist on the meta device:
+        they are left in the compute dtype and the planner counts them at the method's bits per weight."""
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=self.training_dtype(device_type))
+            if self.added_tokens:
+                model.resize_token_embeddings(len(self.tokenizer))
         return model
 
     def train_loader(self, train: LMEncoded, batch_size: int, seed: int) -> tuple[Any, Any]:
@@ -205,6 +223,9 @@ class _LMTask:
 
     def load_model(self, folder: str) -> Any:
         return self.lm.load_model(folder)
+
+    def empty_model(self, folder: str, device_type: str) -> Any:
+        return self.lm.empty_model(folder, device_type)
 
     def apply_method(self, model: Any, spec: Any) -> Any:
         from tunelab.train import methods

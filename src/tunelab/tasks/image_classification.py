@@ -83,6 +83,11 @@ class ImageClassification(LabelOutputs):
     def load_model(self, base: str) -> Any:
         return self.images.build_model(base, self.labels)
 
+    def empty_model(self, base: str, device_type: str) -> Any:
+        """The model itself, built for real: tunelab's image models are small (a few million weights), and
+        building them on the meta device would need a second code path in tunelab.vision for little gain."""
+        return self.load_model(base)
+
     def apply_method(self, model: Any, spec: Any) -> Any:
         """The spec's strategy (an image method of tunelab.train.methods): what trains, and when."""
         return self._method().apply(model, spec, "")

@@ -119,15 +119,28 @@ class TextClassification(LabelOutputs):
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
-            return AutoModelForSequenceClassification.from_pretrained(
-                folder, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
-                label2id=self.label2id, ignore_mismatched_sizes=True,
-                problem_type="multi_label_classification" if self.multi_label else "single_label_classification",
-            )
+            return AutoModelForSequenceClassification.from_pretrained(folder, ignore_mismatched_sizes=True,
+                                                                      **self._head())
         except OSError as err:
             if Path(folder).is_dir():
                 raise
             raise hub_error(folder, err) from None
+
+    def _head(self) -> dict[str, Any]:
+        """The classification head's settings: one output per label."""
+        return {"num_labels": len(self.labels), "id2label": dict(enumerate(self.labels)), "label2id": self.label2id,
+                "problem_type": "multi_label_classification" if self.multi_label else "single_label_classification"}
+
+    def empty_model(self, folder: str, device_type: str) -> Any:
+        """The encoder and head of load_model on the meta device (config only; weights stay on disk). Trained in
+        the checkpoint's own dtype on every device, as load_model does."""
+        import torch
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(folder, **self._head())
+        with torch.device("meta"):
+            return AutoModelForSequenceClassification.from_config(config)
 
     def apply_method(self, model: Any, spec: Any) -> Any:
         from tunelab.train import methods

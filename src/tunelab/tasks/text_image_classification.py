@@ -100,6 +100,11 @@ class TextImageClassification(LabelOutputs):
                             id2label=dict(enumerate(self.labels)))
         return model
 
+    def empty_model(self, base: str, device_type: str) -> Any:
+        """The model itself, built for real: tunelab's image models are small (a few million weights), and
+        building them on the meta device would need a second code path in tunelab.vision for little gain."""
+        return self.load_model(base)
+
     def apply_method(self, model: Any, spec: Any) -> Any:
         for p in model.parameters():
             p.requires_grad_(not self.freeze_encoders)

@@ -81,6 +81,35 @@ def split_metrics(task: Any, logits: np.ndarray, truth: np.ndarray) -> dict[str,
     return metrics
 
 
+def training_setup(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec,
+                   accelerator: Accelerator) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any, Any, Any]:
+    """(model, optimizer, loader, sampler, scheduler) prepared by ACCELERATOR: the task's batches and parameter
+    groups, AdamW, warmup + linear decay over spec.training.epochs. Shared by `fit` and the planner's probe."""
+    t = spec.training
+    loader, sampler = task.train_loader(train, spec)
+    optimizer = adamw(task.param_groups(model, spec.learning_rate, t.weight_decay), spec.learning_rate)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    total = math.ceil(len(loader) / t.gradient_accumulation_steps) * t.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(round(t.warmup * total)), total)
+    return model, optimizer, loader, sampler, scheduler
+
+
+def train_step(model: torch.nn.Module, task: Any, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
+               scheduler: Any, accelerator: Accelerator, max_grad_norm: float) -> tuple[torch.Tensor, Any]:
+    """One batch of training: the task's loss, backward, clipping, and an optimizer step when the accumulation
+    window closes. Returns (loss, what the task's training metrics need). Shared by `fit` and the planner's
+    timing probe (tunelab.auto.probe), so the probe times exactly what training runs."""
+    with accelerator.accumulate(model):
+        step_loss, tracked = task.training_step(model, batch)
+        accelerator.backward(step_loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        scheduler.step() if accelerator.sync_gradients else None
+        optimizer.zero_grad(set_to_none=True)
+    return step_loss, tracked
+
+
 def fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: Path, accelerator: Accelerator,
         evaluate: Callable[[torch.nn.Module], dict[str, Any]], resume: bool = False) -> TrainState:
     """Train with warmup + linear decay, score the validation split each epoch with EVALUATE (the recipe's:
@@ -90,14 +119,9 @@ def fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: P
     TASK (tunelab.tasks.base.Task) brings the batching (`train_loader`), the step's loss (`training_step`),
     the optimizer groups (`param_groups`) and what changes between epochs (`on_epoch_start`)."""
     t = spec.training
-    loader, sampler = task.train_loader(train, spec)
-    optimizer = adamw(task.param_groups(model, spec.learning_rate, t.weight_decay), spec.learning_rate)
+    model, optimizer, loader, sampler, scheduler = training_setup(model, task, train, spec, accelerator)
     state = TrainState()
     checkpoint = checkpoint_path(run_dir) if resume else None
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    steps_per_epoch = math.ceil(len(loader) / t.gradient_accumulation_steps)
-    total = steps_per_epoch * t.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(round(t.warmup * total)), total)
     if checkpoint is not None:
         state = TrainState(**load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler))
         accelerator.print(f"resumed from {checkpoint.name}: epoch {state.epoch + 1}, batch {state.step_in_epoch}")
@@ -122,14 +146,7 @@ def fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: P
         bar = tqdm(epoch_loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not accelerator.is_main_process,
                    leave=False)
         for batch in bar:
-            with accelerator.accumulate(model):
-                step_loss, tracked = task.training_step(model, batch)
-                accelerator.backward(step_loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-                optimizer.step()
-                scheduler.step() if accelerator.sync_gradients else None
-                optimizer.zero_grad(set_to_none=True)
+            step_loss, tracked = train_step(model, task, batch, optimizer, scheduler, accelerator, t.max_grad_norm)
             loss = step_loss.detach().float().item()
             losses.append(loss)
             if tracked is not None:

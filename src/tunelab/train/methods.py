@@ -48,6 +48,7 @@ class Method:
     description: str = ""
     trainer: str = LOOP
     check_base: Callable[[RunSpec, str], None] | None = None
+    base_bits: float | None = None  # bits per frozen base weight when the method quantizes them (the planner's)
 
     def check(self, spec: RunSpec, base: str) -> None:
         """Refuse, before any data work, a base model (local folder or hub id) this method cannot train."""
@@ -75,11 +76,12 @@ def register(method: Method) -> Method:
     return method
 
 
-def register_method(name: str, models: str = TRANSFORMERS) -> Callable:
-    """Register an apply function under NAME (the spec's model.method) for MODELS; its docstring describes it."""
+def register_method(name: str, models: str = TRANSFORMERS, base_bits: float | None = None) -> Callable:
+    """Register an apply function under NAME (the spec's model.method) for MODELS; its docstring describes it.
+    BASE_BITS: bits per frozen linear weight when the method quantizes the base (what `tunelab plan` counts)."""
 
     def wrap(fn: Callable) -> Callable:
-        register(Method(name, models, fn, description=(fn.__doc__ or "").strip().split("\n")[0]))
+        register(Method(name, models, fn, description=(fn.__doc__ or "").strip().split("\n")[0], base_bits=base_bits))
         return fn
 
     return wrap
@@ -137,7 +139,12 @@ def apply_dora(model: torch.nn.Module, spec: RunSpec, peft_task_type: str) -> to
     return apply_lora(model, spec, peft_task_type, use_dora=True)
 
 
-@register_method("qlora")
+# NF4 with double quantization: 4 bits a weight, plus an fp8 scale per block of 64 weights and an fp32 scale per
+# 256 blocks of those (QLoRA paper, section 3: 8/64 + 32/(64*256) = 0.127 bits a weight)
+NF4_DOUBLE_QUANT_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+
+
+@register_method("qlora", base_bits=NF4_DOUBLE_QUANT_BITS)
 def apply_qlora(model: torch.nn.Module, spec: RunSpec, peft_task_type: str) -> torch.nn.Module:
     """LoRA on a base loaded in 4-bit NF4 (the task loads it so); peft prepares the frozen 4-bit layers
     (fp32 norms, input gradients for checkpointing). CUDA only: `check_supported` refuses it elsewhere."""
@@ -201,3 +208,9 @@ def trainable_summary(model: torch.nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"total_params": total, "trainable_params": trainable}
+
+
+def base_bits(name: str) -> float | None:
+    """Bits per frozen base weight of the method NAME when it quantizes them (QLoRA), else None: what the planner
+    counts instead of the weight's dtype."""
+    return next((m.base_bits for (_, n), m in METHODS.items() if n == name and m.base_bits), None)
