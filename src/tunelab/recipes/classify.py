@@ -15,7 +15,7 @@ import numpy as np
 from tunelab import __version__
 from tunelab.evaluate import gate
 from tunelab.evaluate.metrics import compare, headline, metric_function, overfitting_warning
-from tunelab.recipes.common import (EVAL_SPLITS, Run, check_data, mark_completed, package, resolve_base, start_meter,
+from tunelab.recipes.common import (Run, check_data, mark_completed, package, resolve_base, start_meter,
                                     start_run)
 from tunelab.reports import data_report
 from tunelab.reports.card import model_card
@@ -25,11 +25,16 @@ from tunelab.run.files import write_text
 from tunelab.spec import RunSpec, dump_spec
 from tunelab.tasks import get_task
 from tunelab.train import methods
+from tunelab.train.hooks import RunHooks
 from tunelab.train.loop import evaluate_split, fit, predict_logits, split_metrics
 
 
-def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = False, overwrite: bool = False) -> Run:
-    """Fine-tune spec.model.base on spec.data and leave a complete run directory behind."""
+def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = False, overwrite: bool = False,
+                         hooks: RunHooks | None = None) -> Run:
+    """Fine-tune spec.model.base on spec.data and leave a complete run directory behind. HOOKS: see
+    tunelab.train.hooks (a search trial scores validation only)."""
+    hooks = hooks or RunHooks()
+    held_out = hooks.held_out()
     started = time.time()
     accelerator, run_dir = start_run(spec, resume, overwrite, started)
     meter = start_meter(spec, accelerator)  # energy and CO2 from here to the end of validation (main process)
@@ -46,24 +51,25 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
     task = task_cls.from_spec(spec, prepared.labels)
     model = task.load_model(base)
     encoded = {name: task.encode(ds) for name, ds in splits.items()}
-    truth = {name: task.truth(splits[name]) for name in EVAL_SPLITS}
+    truth = {name: task.truth(splits[name]) for name in held_out}
 
     # baseline: the untuned model on the same validation and test examples
     baseline_method, baseline, baseline_predictions = "not scored (evaluation.baseline: false)", {}, {}
     if spec.evaluation.baseline and main:
-        baseline_method, baseline = task.baseline(base, splits["train"], {n: splits[n] for n in EVAL_SPLITS}, spec)
+        baseline_method, baseline = task.baseline(base, splits["train"], {n: splits[n] for n in held_out}, spec)
         baseline_predictions = {n: m.pop("predictions") for n, m in baseline.items()}
 
     # adapt
     model = task.apply_method(model, spec)
     batch = spec.training.eval_batch_size
     state = fit(model, task, encoded["train"], spec, run_dir, accelerator, resume=resume,
-                evaluate=lambda m: evaluate_split(m, task, encoded["validation"], truth["validation"], batch, accelerator))
+                evaluate=lambda m: evaluate_split(m, task, encoded["validation"], truth["validation"], batch, accelerator),
+                hooks=hooks)
     model = accelerator.unwrap_model(model)
 
-    # validate: the best epoch's weights, scored once on test
-    logits = {n: predict_logits(model, encoded[n], task.collator(), batch, accelerator, n) for n in EVAL_SPLITS}
-    fine_tuned = {n: split_metrics(task, logits[n], truth[n]) for n in EVAL_SPLITS}
+    # validate: the best epoch's weights, scored once on test (a search trial: validation only)
+    logits = {n: predict_logits(model, encoded[n], task.collator(), batch, accelerator, n) for n in held_out}
+    fine_tuned = {n: split_metrics(task, logits[n], truth[n]) for n in held_out}
     if not main:
         accelerator.wait_for_everyone()
         return Run(run_dir, {}, state, {})
@@ -75,8 +81,10 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
     # package
     metrics = {"baseline": {n: headline(m) for n, m in baseline.items()},
                "fine_tuned": {n: headline(m) for n, m in fine_tuned.items()}}
-    comparison = compare(baseline["test"], fine_tuned["test"], spec.evaluation.metric) if baseline else {}
-    extras: dict[str, Any] = task.report_extras(model, splits["test"], logits["test"])  # the test logits scored above
+    scored_test = "test" in fine_tuned
+    comparison = compare(baseline["test"], fine_tuned["test"], spec.evaluation.metric) if baseline and scored_test else {}
+    # the test logits scored above
+    extras: dict[str, Any] = task.report_extras(model, splits["test"], logits["test"]) if scored_test else {}
     task.save(model, RunDir(run_dir))
     details = {"baseline": baseline, "fine_tuned": fine_tuned, "baseline_method": baseline_method,
                "extra_baselines": extras.get("extra_baselines", {}),
