@@ -74,7 +74,7 @@ def _cli(*args: str) -> list[str]:
 
 
 def test_killed_study_resumes_to_exactly_n_trials(tiny_assets: dict, tmp_path: Path) -> None:
-    path = small_spec(tmp_path, tiny_assets, trials=3, pruner="none", heartbeat_seconds=1, space={
+    path = small_spec(tmp_path, tiny_assets, trials=2, pruner="none", heartbeat_seconds=1, space={
         "epochs": {"choices": [1]}, "batch_size": None})
     url = f"sqlite:///{tmp_path / 'runs' / 'tunelab.db'}"
     proc = subprocess.Popen(_cli(str(path)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -100,13 +100,13 @@ def test_killed_study_resumes_to_exactly_n_trials(tiny_assets: dict, tmp_path: P
     assert again.returncode in (0, 3), again.stderr[-3000:]
     trials = optuna.load_study(study_name="study", storage=url).get_trials()
     states = [t.state.name for t in trials]
-    assert states.count("COMPLETE") + states.count("PRUNED") == 3
+    assert states.count("COMPLETE") + states.count("PRUNED") == 2
     assert trials[killed.number].state.name == "FAIL"
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retried) == 1 and retried[0].params == killed.params and retried[0].state.name == "COMPLETE"
     run_dirs = [t.user_attrs["run_dir"] for t in trials if t.state.name == "COMPLETE"]
-    assert len(set(run_dirs)) == 3  # no trial ran twice into one run directory
+    assert len(set(run_dirs)) == 2  # no trial ran twice into one run directory
     report = json.loads((tmp_path / "runs" / "study" / "tune.json").read_text())
-    assert report["finished"] == 3 and report["states"]["FAIL"] == 1
+    assert report["finished"] == 2 and report["states"]["FAIL"] == 1
     assert "trial" in again.stdout and "winner: trial" in again.stdout
     assert yaml.safe_load((tmp_path / "runs" / "study" / "winner.yaml").read_text())["task"] == "text-classification"
