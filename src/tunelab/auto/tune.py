@@ -48,6 +48,12 @@ class TuneResult:
     notes: list[str] = field(default_factory=list)
 
 
+def study_folder(spec: RunSpec, name: str) -> Path:
+    """<output.dir>/<study name>: the study's reports and its trials/ (the run name unless --study says otherwise,
+    so two studies of one spec never share trial folders)."""
+    return Path(spec.output.dir) / name
+
+
 def default_storage(spec: RunSpec) -> str:
     """The project database: sqlite:///<output.dir>/tunelab.db (beside the run directories)."""
     return f"sqlite:///{(Path(spec.output.dir).resolve() / 'tunelab.db')}"
@@ -147,7 +153,7 @@ def run_worker(spec_data: dict[str, Any], storage: str, name: str, trials: int, 
     if finished(study) >= trials:
         return
     stop = optuna.study.MaxTrialsCallback(trials, states=FINISHED)
-    study.optimize(objective(spec, resolve_space(spec), spec.run_dir()), timeout=timeout,
+    study.optimize(objective(spec, resolve_space(spec), study_folder(spec, name)), timeout=timeout,
                    callbacks=[stop, *callbacks], catch=())
 
 
@@ -180,7 +186,7 @@ def run_workers(spec: RunSpec, storage: str, name: str, trials: int, timeout: fl
 def tune(spec: RunSpec, trials: int | None = None, timeout: float | None = None, workers: int = 1,
          storage: str | None = None, study: str | None = None,
          progress: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None) -> TuneResult:
-    """Search spec's hyperparameters with Optuna and leave <output.dir>/<name>/ with one run directory per
+    """Search spec's hyperparameters with Optuna and leave <output.dir>/<study>/ with one run directory per
     trial under trials/, tune.json, tune.html and winner.yaml. TRIALS and TIMEOUT default to the spec's
     search section; STORAGE to the project database; STUDY to the run name. PROGRESS is called after each
     trial of this process. The winner is scored on test once (see the module's docstring)."""
@@ -191,7 +197,7 @@ def tune(spec: RunSpec, trials: int | None = None, timeout: float | None = None,
     space = resolve_space(spec)  # a bad search section fails here, before any training
     url = storage or default_storage(spec)
     name = study or spec.name or "run"
-    study_dir = spec.run_dir()
+    study_dir = study_folder(spec, name)
     study_dir.mkdir(parents=True, exist_ok=True)
     run_workers(spec, url, name, trials, timeout, max(1, workers), progress)
     optuna_study = open_study(spec, url, name)

@@ -1,7 +1,7 @@
 """The `tunelab tune` command, as a plain typer-compatible function (registered by tunelab.cli).
 
-Exit codes: 0 the winner beats its baseline; 3 no trial beat the baseline (tunelab.evaluate.gate
-NOT_PROMOTED_EXIT); 2 a bad spec, search section or storage (the main CLI maps user errors to 2).
+Exit codes: 0 the winner beats its baseline; 3 no trial beat the baseline or none completed
+(tunelab.evaluate.gate NOT_PROMOTED_EXIT); 2 a bad spec, search section or storage (the main CLI maps user errors to 2).
 Heavy imports (optuna, torch) happen inside the command, so `tunelab --help` stays fast.
 """
 
@@ -23,7 +23,8 @@ def tune(spec: Path = typer.Argument(..., help="Run spec (YAML); its search: sec
                                                "30m, 2h. Default search.timeout (none)."),
          workers: int = typer.Option(1, "--workers", min=1, help="Worker processes on the one study."),
          storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
-         study: Optional[str] = typer.Option(None, "--study", help="Study name; default the spec's run name."),
+         study: Optional[str] = typer.Option(None, "--study", help="Study name, and its folder <output.dir>/<study>; "
+                                             "default the spec's run name."),
          name: Optional[str] = typer.Option(None, help="Run name; overrides the spec's (the study folder is "
                                             "<output.dir>/<name>).")) -> None:
     """Search learning rate, epochs, batch size, warmup, weight decay (and LoRA r/alpha/dropout) with Optuna;
@@ -47,7 +48,7 @@ def tune(spec: Path = typer.Argument(..., help="Run spec (YAML); its search: sec
     result = run_tune(run_spec, trials, seconds, workers, storage, study, progress=_progress(console))
     console.print(_table(result.report))
     _print_outcome(console, result)
-    if result.winner is not None and not result.promoted:
+    if not result.promoted:  # no trial completed, or the best one does not beat the untuned baseline
         raise typer.Exit(3)  # tunelab.evaluate.gate.NOT_PROMOTED_EXIT, kept literal so this module stays light
 
 
