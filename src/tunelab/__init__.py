@@ -9,6 +9,7 @@ The Python API, in the order of the lifecycle::
     run = fine_tune(spec)                    # writes runs/<name>/
     model = load_run(run.dir)                # a RunDir
     predict(model, texts=["Shares rose after the results."])
+    tune(spec, trials=20)                    # Optuna search: runs/<name>/trials/, tune.json, winner.yaml
 
 Importing `tunelab` is cheap: each name loads its module on first use (PEP 562), so neither
 `import tunelab` nor the `tunelab` command pays for torch until something needs it.
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["fine_tune", "plan", "load_spec", "RunDir", "load_run", "predict"]
+__all__ = ["fine_tune", "plan", "load_spec", "RunDir", "load_run", "predict", "tune"]
 
 # public name -> module that defines it
 _LAZY = {
@@ -31,11 +32,13 @@ _LAZY = {
     "RunDir": "tunelab.run",
     "load_run": "tunelab.api",
     "predict": "tunelab.api",
+    "tune": "tunelab.auto.tune",
 }
 
 if TYPE_CHECKING:
     from tunelab.api import load_run, predict
     from tunelab.auto.plan import plan
+    from tunelab.auto.tune import tune
     from tunelab.recipes import fine_tune
     from tunelab.run import RunDir
     from tunelab.spec import load_spec

@@ -424,11 +424,13 @@ def models() -> None:
               + describe_bundled_images())
 
 
-from tunelab.monitor.cli import monitor  # noqa: E402  (light: heavy imports happen inside the commands)
+from tunelab.auto.tune_cli import tune  # noqa: E402  (light: heavy imports happen inside the commands)
+from tunelab.monitor.cli import monitor  # noqa: E402
 from tunelab.serve.cli import serve  # noqa: E402
 
 app.command("monitor")(monitor)
 app.command("serve")(serve)
+app.command("tune")(tune)
 
 
 def main() -> None:

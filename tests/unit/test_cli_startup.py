@@ -44,7 +44,7 @@ def python(code: str, cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
-COMMANDS = ["train", "plan", "evaluate", "predict", "init", "export", "generate", "chat", "models", "monitor", "serve",
+COMMANDS = ["train", "plan", "evaluate", "predict", "init", "export", "generate", "chat", "models", "monitor", "serve", "tune",
             "data", "data check", "data clean", "data preview"]
 
 
@@ -108,14 +108,15 @@ def test_import_tunelab_is_light(tmp_path: Path) -> None:
                     "'version': tunelab.__version__, 'heavy': sorted(m for m in %r if m in sys.modules)}))" % (HEAVY,),
                     tmp_path)
     info = json.loads(result.stdout)
-    assert sorted(info["all"]) == ["RunDir", "fine_tune", "load_run", "load_spec", "predict"]
+    assert sorted(info["all"]) == ["RunDir", "fine_tune", "load_run", "load_spec", "predict", "tune"]
     assert info["version"]
     assert info["heavy"] == []
 
 
 def test_public_api_resolves(tmp_path: Path) -> None:
-    python("from tunelab import fine_tune, RunDir, load_spec, predict, load_run\n"
-           "import tunelab.recipes, tunelab.run, tunelab.spec, tunelab.evaluate.predict\n"
+    python("from tunelab import fine_tune, RunDir, load_spec, predict, load_run, tune\n"
+           "import tunelab.recipes, tunelab.run, tunelab.spec, tunelab.evaluate.predict, tunelab.auto.tune\n"
+           "assert tune is tunelab.auto.tune.tune\n"
            "assert fine_tune is tunelab.recipes.fine_tune and RunDir is tunelab.run.RunDir\n"
            "assert load_spec is tunelab.spec.load_spec\n"
            "assert all(callable(f) for f in (predict, load_run))\n", tmp_path)

@@ -18,7 +18,7 @@ from tunelab.data import DataError
 from tunelab.evaluate import gate
 from tunelab.lm.generation import generate_texts
 from tunelab.lm.metrics import generation_metrics
-from tunelab.recipes.common import (EVAL_SPLITS, Run, check_data, mark_completed, package, resolve_base, start_meter,
+from tunelab.recipes.common import (Run, check_data, mark_completed, package, resolve_base, start_meter,
                                     start_run)
 from tunelab.reports.card import lm_model_card
 from tunelab.reports.lm_report import write_lm_report
@@ -28,6 +28,7 @@ from tunelab.spec import RunSpec
 from tunelab.tasks import get_task
 from tunelab.tasks.causal_lm import truncation_findings
 from tunelab.train import methods
+from tunelab.train.hooks import RunHooks
 from tunelab.train.loop import fit
 
 
@@ -60,8 +61,12 @@ def compare_lm(base: dict[str, Any], tuned: dict[str, Any], metric: str) -> dict
             "lower_is_better": metric == "loss"}
 
 
-def fine_tune_lm(spec: RunSpec, resume: bool = False, force: bool = False, overwrite: bool = False) -> Any:
-    """Fine-tune a causal LM on chat or completion data and leave a complete run directory."""
+def fine_tune_lm(spec: RunSpec, resume: bool = False, force: bool = False, overwrite: bool = False,
+                 hooks: RunHooks | None = None) -> Any:
+    """Fine-tune a causal LM on chat or completion data and leave a complete run directory. HOOKS: see
+    tunelab.train.hooks (a search trial scores validation only)."""
+    hooks = hooks or RunHooks()
+    held_out = hooks.held_out()
     started = time.time()
     # plan: resolve the base model and the settings that depend on it (stored in the run's spec.yaml);
     # the tokenizer carries the chat template used in training and later
@@ -80,20 +85,19 @@ def fine_tune_lm(spec: RunSpec, resume: bool = False, force: bool = False, overw
     data_summary = check_data(prepared, force, run_dir, accelerator)
     if not len(encoded["train"]):
         raise DataError("no training example has a token to train on; see the data report")
-    prompts = {name: task.prompts(prepared.splits[name], spec) for name in EVAL_SPLITS}
+    prompts = {name: task.prompts(prepared.splits[name], spec) for name in held_out}
     model = task.load_model(base)
 
     # baseline: the untuned model on the same held-out tokens and prompts
     baseline: dict[str, Any] = {}
     base_answers: list[str] = []
     if spec.evaluation.baseline:
-        for name in EVAL_SPLITS:
+        for name in held_out:
             baseline[name], texts, _ = score(model, task, encoded[name], prompts[name], spec, name,
                                              generate=name == "test")
             if name == "test":
                 base_answers = texts
-        accelerator.print(f"baseline: validation loss {baseline['validation']['loss']:.4f}, test loss "
-                          f"{baseline['test']['loss']:.4f}")
+        accelerator.print("baseline: " + ", ".join(f"{n} loss {baseline[n]['loss']:.4f}" for n in held_out))
 
     # adapt
     model = task.apply_method(model, spec)
@@ -103,14 +107,15 @@ def fine_tune_lm(spec: RunSpec, resume: bool = False, force: bool = False, overw
                               "validation", generate=spec.evaluation.generation.every_epoch)
         return metrics
 
-    state = fit(model, task, encoded["train"], spec, run_dir, accelerator, resume=resume, evaluate=evaluate)
+    state = fit(model, task, encoded["train"], spec, run_dir, accelerator, resume=resume, evaluate=evaluate,
+                hooks=hooks)
     model = accelerator.unwrap_model(model)
 
-    # validate: the best epoch's weights, once on validation and test
+    # validate: the best epoch's weights, once on validation and test (a search trial: validation only)
     fine_tuned: dict[str, Any] = {}
     tuned_answers: list[str] = []
     tuned_ids: list = []
-    for name in EVAL_SPLITS:
+    for name in held_out:
         fine_tuned[name], texts, ids = score(model, task, encoded[name], prompts[name], spec, name,
                                              generate=name == "test")
         if name == "test":
@@ -123,10 +128,11 @@ def fine_tune_lm(spec: RunSpec, resume: bool = False, force: bool = False, overw
     samples = [{**{k: p[k] for k in ("location", "reference", "prompt_ids")},
                 "prompt": task.tokenizer.decode(p["prompt_ids"]),
                 "base": base_answers[i] if i < len(base_answers) else None,
-                "fine_tuned": tuned_answers[i], "fine_tuned_ids": tuned_ids[i]} for i, p in enumerate(prompts["test"])]
+                "fine_tuned": tuned_answers[i], "fine_tuned_ids": tuned_ids[i]}
+               for i, p in enumerate(prompts.get("test", []))]
     verdict = lm_verdict(spec, baseline, fine_tuned, state)
     metrics = {"baseline": baseline, "fine_tuned": fine_tuned}
-    comparison = compare_lm(baseline.get("test", {}), fine_tuned["test"], spec.evaluation.metric) if baseline else {}
+    comparison = compare_lm(baseline.get("test", {}), fine_tuned.get("test", {}), spec.evaluation.metric)
     task.save(model, RunDir(run_dir))
     run = RunDir(run_dir)
     write_json(run.file(RunDir.GENERATIONS), {"max_new_tokens": spec.evaluation.generation.max_new_tokens,
@@ -160,3 +166,18 @@ def lm_verdict(spec: RunSpec, baseline: dict[str, Any], fine_tuned: dict[str, An
         verdict.diagnosis = gate.diagnose(state.history, metric, metric == "loss", spec.learning_rate,
                                           spec.training.epochs)
     return verdict
+
+
+def score_saved_test(run: RunDir) -> dict[str, Any]:
+    """The test split of a finished run scored after the fact (a search's winner, whose training left test
+    unscored): the saved model and the untuned base on the same test tokens and prompts, as the recipe would."""
+    spec = run.load_spec()
+    task, model = get_task(spec.task).from_saved(run, spec)
+    base = resolve_base(spec)
+    test = task.prepare_data(spec, base, True, tokenizer=task.tokenizer).splits["test"]
+    encoded, prompts = task.encode(test), task.prompts(test, spec)
+    result: dict[str, Any] = {"fine_tuned": {"test": score(model, task, encoded, prompts, spec, "test")[0]},
+                              "baseline": {}}
+    if spec.evaluation.baseline:
+        result["baseline"]["test"] = score(task.load_model(base), task, encoded, prompts, spec, "test")[0]
+    return result

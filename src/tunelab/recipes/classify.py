@@ -17,7 +17,7 @@ from tunelab.auto.defaults import choose_class_weights, choose_learning_rate
 from tunelab.data.findings import column
 from tunelab.evaluate import gate
 from tunelab.evaluate.metrics import compare, headline, metric_function, overfitting_warning
-from tunelab.recipes.common import (EVAL_SPLITS, Run, check_data, mark_completed, package, resolve_base, start_meter,
+from tunelab.recipes.common import (Run, check_data, mark_completed, package, resolve_base, start_meter,
                                     start_run)
 from tunelab.reports import data_report
 from tunelab.reports.card import model_card
@@ -27,11 +27,16 @@ from tunelab.run.files import write_text
 from tunelab.spec import RunSpec, dump_spec
 from tunelab.tasks import get_task
 from tunelab.train import methods, trainers
+from tunelab.train.hooks import RunHooks
 from tunelab.train.loop import evaluate_split, predict_logits, split_metrics
 
 
-def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = False, overwrite: bool = False) -> Run:
-    """Fine-tune spec.model.base on spec.data and leave a complete run directory behind."""
+def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = False, overwrite: bool = False,
+                         hooks: RunHooks | None = None) -> Run:
+    """Fine-tune spec.model.base on spec.data and leave a complete run directory behind. HOOKS: see
+    tunelab.train.hooks (a search trial scores validation only)."""
+    hooks = hooks or RunHooks()
+    held_out = hooks.held_out()
     started = time.time()
     # plan: resolve the base model and the settings that depend on it (stored in the run's spec.yaml)
     base = resolve_base(spec)
@@ -56,12 +61,12 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
                           f"class weights {chosen['class_weights']['why']}")
     model = task.load_model(base)
     encoded = {name: task.encode(ds) for name, ds in splits.items()}
-    truth = {name: task.truth(splits[name]) for name in EVAL_SPLITS}
+    truth = {name: task.truth(splits[name]) for name in held_out}
 
     # baseline: the untuned model on the same validation and test examples
     baseline_method, baseline, baseline_predictions = "not scored (evaluation.baseline: false)", {}, {}
     if spec.evaluation.baseline and main:
-        baseline_method, baseline = task.baseline(base, splits["train"], {n: splits[n] for n in EVAL_SPLITS}, spec)
+        baseline_method, baseline = task.baseline(base, splits["train"], {n: splits[n] for n in held_out}, spec)
         baseline_predictions = {n: m.pop("predictions") for n, m in baseline.items()}
 
     # adapt: the method trains (tunelab's loop, or its own trainer) and hands back the model to validate
@@ -70,11 +75,11 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
     model, state = trainers.train(method, model, trainers.TrainJob(
         task, base, splits["train"], encoded["train"], spec, run_dir, accelerator, resume=resume,
         evaluate=lambda m: evaluate_split(m, task, encoded["validation"], truth["validation"], batch, accelerator),
-        class_weights=weights))
+        class_weights=weights, hooks=hooks))
 
-    # validate: the best epoch's weights, scored once on test
-    logits = {n: predict_logits(model, encoded[n], task.collator(), batch, accelerator, n) for n in EVAL_SPLITS}
-    fine_tuned = {n: split_metrics(task, logits[n], truth[n]) for n in EVAL_SPLITS}
+    # validate: the best epoch's weights, scored once on test (a search trial: validation only)
+    logits = {n: predict_logits(model, encoded[n], task.collator(), batch, accelerator, n) for n in held_out}
+    fine_tuned = {n: split_metrics(task, logits[n], truth[n]) for n in held_out}
     if not main:
         accelerator.wait_for_everyone()
         return Run(run_dir, {}, state, {})
@@ -86,8 +91,10 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
     # package
     metrics = {"baseline": {n: headline(m) for n, m in baseline.items()},
                "fine_tuned": {n: headline(m) for n, m in fine_tuned.items()}}
-    comparison = compare(baseline["test"], fine_tuned["test"], spec.evaluation.metric) if baseline else {}
-    extras: dict[str, Any] = task.report_extras(model, splits["test"], logits["test"])  # the test logits scored above
+    scored_test = "test" in fine_tuned
+    comparison = compare(baseline["test"], fine_tuned["test"], spec.evaluation.metric) if baseline and scored_test else {}
+    # the test logits scored above
+    extras: dict[str, Any] = task.report_extras(model, splits["test"], logits["test"]) if scored_test else {}
     task.save(model, RunDir(run_dir))
     details = {"defaults": chosen, "baseline": baseline, "fine_tuned": fine_tuned, "baseline_method": baseline_method,
                "extra_baselines": extras.get("extra_baselines", {}),

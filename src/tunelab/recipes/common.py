@@ -26,9 +26,6 @@ from tunelab.spec import RunSpec, dump_spec
 from tunelab.train.checkpoints import checkpoint_path
 from tunelab.train.loop import TrainState
 
-EVAL_SPLITS = ("validation", "test")
-
-
 @dataclass
 class Run:
     """What fine_tune returns: the run directory, headline metrics, the training state, the test comparison

@@ -17,11 +17,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tunelab.spec.schema import (DataSpec, EnergySpec, EvaluationSpec, LoraSpec, ModelSpec, MonitorSpec, OutputSpec,
-                                 RunSpec, SpecError, SplitSpec, TaskRules, TrainingSpec)
+                                 ParamRange, RunSpec, SearchSpec, SpecError, SplitSpec, TaskRules, TrainingSpec)
 
-__all__ = ["DataSpec", "EnergySpec", "EvaluationSpec", "LoraSpec", "ModelSpec", "MonitorSpec", "OutputSpec", "RunSpec",
-           "SpecError", "SplitSpec", "TaskRules", "TrainingSpec", "dump_spec", "load_spec", "parse_spec", "spec_class",
-           "template"]
+__all__ = ["DataSpec", "EnergySpec", "EvaluationSpec", "LoraSpec", "ModelSpec", "MonitorSpec", "OutputSpec",
+           "ParamRange", "RunSpec", "SearchSpec", "SpecError", "SplitSpec", "TaskRules", "TrainingSpec", "dump_spec",
+           "load_spec", "parse_spec", "spec_class", "template"]
 
 
 def spec_class(task: str) -> type[RunSpec]:

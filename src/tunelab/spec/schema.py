@@ -10,11 +10,12 @@ restored, fixed seed), so a spec only needs the task, the base model and the dat
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class SpecError(ValueError):
@@ -127,6 +128,79 @@ class OutputSpec(Section):
     dir: str = Field("runs", description="Folder that holds run directories.")
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(value: str | float | int | None, where: str = "duration") -> float | None:
+    """Seconds from a number or a string like '90', '30m', '2h' (None stays None): the one way time limits
+    are written in a spec and on the command line."""
+    if value is None or isinstance(value, (int, float)):
+        return None if value is None else float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*", str(value), re.IGNORECASE)
+    if not match:
+        raise SpecError(f"{where} '{value}': not a duration; write seconds (90) or e.g. 30m, 2h")
+    return float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]
+
+
+class ParamRange(Section):
+    """One searched hyperparameter: a range (low, high; log for a log-uniform draw; step for a grid) or a list
+    of choices. In a spec's search.space only the keys given replace the default's."""
+
+    low: float | None = Field(None, description="Smallest value (with high).")
+    high: float | None = Field(None, description="Largest value (with low).")
+    log: bool | None = Field(None, description="Draw on a log scale (learning rates).")
+    step: float | None = Field(None, gt=0.0, description="Grid step within low..high.")
+    choices: list[float | int | str] | None = Field(None, min_length=1, description="Draw one of these values "
+                                                    "instead of a range.")
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "ParamRange":
+        if self.choices is not None and (self.low is not None or self.high is not None):
+            raise ValueError("give either low/high or choices, not both")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        if self.log and self.low is not None and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        if self.log and self.step:
+            raise ValueError("a log range takes no step")
+        return self
+
+
+class SearchSpec(Section):
+    """`tunelab tune`: the hyperparameter search (Optuna). The default space depends on the task and method
+    (`tunelab tune --help` and the README list it); `space` narrows or extends it."""
+
+    trials: int = Field(20, ge=1, description="Trials to finish (completed + pruned); a resumed study continues "
+                        "until this many. --trials overrides.")
+    timeout: float | None = Field(None, gt=0, description="Stop starting trials after this long: seconds, or "
+                                  "'30m', '2h'. --timeout overrides.")
+    space: dict[str, ParamRange | None] = Field(
+        default_factory=dict, description="Per searched parameter (learning_rate, epochs, batch_size, warmup, "
+        "weight_decay, lora_r, lora_alpha, lora_dropout): a range or choices replacing the default's keys; null "
+        "leaves the parameter out of the search (the spec's value is used).")
+    pruner: str = Field("median", description="Stop hopeless trials on the per-epoch validation metric: median "
+                        "(below the median of earlier trials at the same epoch), hyperband, or none.")
+    startup_trials: int = Field(2, ge=0, description="Trials that finish unpruned before the pruner judges others.")
+    warmup_epochs: int = Field(1, ge=0, description="Epochs a trial runs before it can be pruned.")
+    heartbeat_seconds: int = Field(60, ge=1, description="A running trial signals the database this often; one "
+                                   "silent for twice as long (its process killed) is marked failed and its "
+                                   "parameters are tried again.")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout_seconds(cls, value: str | float | None) -> float | None:
+        try:
+            return duration_seconds(value, "search.timeout")
+        except SpecError as err:
+            raise ValueError(str(err)) from None
+
+    @model_validator(mode="after")
+    def _known_pruner(self) -> "SearchSpec":
+        if self.pruner not in ("median", "hyperband", "none"):
+            raise ValueError(f"search.pruner '{self.pruner}': use one of median, hyperband, none")
+        return self
+
+
 @dataclass(frozen=True)
 class TaskRules:
     """What a task allows and defaults to, where a plain field default cannot say it: the first entry of
@@ -183,6 +257,7 @@ class RunSpec(Section):
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where results go.")
     monitor: MonitorSpec = Field(default_factory=MonitorSpec, description="Thresholds of `tunelab monitor` alerts.")
     energy: EnergySpec = Field(default_factory=EnergySpec, description="Energy and CO2 of the run.")
+    search: SearchSpec = Field(default_factory=SearchSpec, description="Hyperparameter search (`tunelab tune`).")
 
     @model_validator(mode="after")
     def _task_defaults(self) -> "RunSpec":

@@ -24,6 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from tunelab.spec.schema import RunSpec
 from tunelab.train.checkpoints import checkpoint_path, load_checkpoint, load_weights, save_checkpoint
+from tunelab.train.hooks import RunHooks
 from tunelab.train.optim import adamw
 
 
@@ -111,13 +112,15 @@ def train_step(model: torch.nn.Module, task: Any, batch: dict[str, Any], optimiz
 
 
 def fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: Path, accelerator: Accelerator,
-        evaluate: Callable[[torch.nn.Module], dict[str, Any]], resume: bool = False) -> TrainState:
+        evaluate: Callable[[torch.nn.Module], dict[str, Any]], resume: bool = False,
+        hooks: RunHooks | None = None) -> TrainState:
     """Train with warmup + linear decay, score the validation split each epoch with EVALUATE (the recipe's:
     task metrics for classifiers, loss and generation metrics for LMs), stop early, and leave the best
     epoch's weights in MODEL. Checkpoints go to run_dir/checkpoints (main process).
 
     TASK (tunelab.tasks.base.Task) brings the batching (`train_loader`), the step's loss (`training_step`),
-    the optimizer groups (`param_groups`) and what changes between epochs (`on_epoch_start`)."""
+    the optimizer groups (`param_groups`) and what changes between epochs (`on_epoch_start`). HOOKS
+    (tunelab.train.hooks) hear each epoch's validation metrics; a search's pruner may stop the run there."""
     t = spec.training
     model, optimizer, loader, sampler, scheduler = training_setup(model, task, train, spec, accelerator)
     state = TrainState()
@@ -179,6 +182,8 @@ def fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: P
         shown = "" if spec.evaluation.metric == "loss" else f"  val {spec.evaluation.metric} {score:.4f}"
         accelerator.print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}"
                           f"{shown}{'  (best)' if improved else ''}")
+        if hooks is not None:
+            hooks.epoch_end(epoch + 1, val)  # may raise to stop the run (a pruned search trial)
         if improved:
             save(f"best-epoch-{epoch + 1:04d}", pointer="BEST")
         save(f"step-{state.global_step:07d}")

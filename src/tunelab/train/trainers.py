@@ -9,13 +9,14 @@ The classify recipe calls `train(method, model, job)` and never names a method.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tunelab.spec.schema import RunSpec
+from tunelab.train.hooks import RunHooks
 from tunelab.train.loop import TrainState, fit
 from tunelab.train.methods import LOOP, SETFIT, Method
 
@@ -37,13 +38,14 @@ class TrainJob:
     evaluate: Callable[[torch.nn.Module], dict[str, Any]]
     resume: bool = False
     class_weights: list[float] | None = None  # per label id (tunelab.auto.defaults); the loop's loss has them already
+    hooks: RunHooks = field(default_factory=RunHooks)  # a search's per-epoch callback (the loop calls it)
 
 
 def loop_trainer(model: torch.nn.Module, job: TrainJob) -> tuple[torch.nn.Module, TrainState]:
     """tunelab's training loop on the encoded split: per-epoch validation, early stopping, checkpoints, the
     best epoch's weights left in MODEL."""
     state = fit(model, job.task, job.encoded, job.spec, job.run_dir, job.accelerator, evaluate=job.evaluate,
-                resume=job.resume)
+                resume=job.resume, hooks=job.hooks)
     return job.accelerator.unwrap_model(model), state
 
 

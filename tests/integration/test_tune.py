@@ -1,0 +1,112 @@
+"""`tunelab tune` on a tiny random-init BERT: a study that prunes a hopeless trial, scores test once on the
+winner only, and writes its report; and the CLI killed mid-study and run again, ending with exactly N finished
+trials and the killed trial failed and retried."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from conftest import write_spec
+from tunelab.auto.tune import TRIALS, open_study, tune
+from tunelab.spec import load_spec
+
+
+def small_spec(tmp_path: Path, assets: dict, **search) -> Path:
+    path = write_spec(tmp_path / "study.yaml", assets, search={"startup_trials": 1, "warmup_epochs": 0, **search},
+                      training={"epochs": 2, "batch_size": 16})
+    return path
+
+
+def test_study_prunes_and_scores_test_once_on_the_winner(tiny_assets: dict, tmp_path: Path) -> None:
+    spec = load_spec(small_spec(tmp_path, tiny_assets, space={
+        "learning_rate": {"choices": [5e-3, 1e-7]}, "epochs": {"choices": [2]}, "batch_size": None, "warmup": None,
+        "weight_decay": None}))
+    url = f"sqlite:///{tmp_path / 'runs' / 'tunelab.db'}"
+    study = open_study(spec, url, "study")
+    study.enqueue_trial({"learning_rate": 5e-3})  # a good trial first, then a hopeless one the pruner must stop
+    study.enqueue_trial({"learning_rate": 1e-7})
+    result = tune(spec, trials=2)
+
+    study = optuna.load_study(study_name="study", storage=url)
+    good, bad = study.get_trials()
+    assert (good.state.name, bad.state.name) == ("COMPLETE", "PRUNED")
+    assert bad.intermediate_values and max(bad.intermediate_values) <= 2  # it reported its curve, then stopped
+    assert json.loads((Path(bad.user_attrs["run_dir"]) / "run.json").read_text())["status"] == "pruned"
+
+    # test scored once, on the winner only: trial runs leave it out, the winner's metrics.json gains it
+    assert result.winner == Path(good.user_attrs["run_dir"]) == tmp_path / "runs" / "study" / TRIALS / "trial-000"
+    winner_metrics = json.loads((result.winner / "metrics.json").read_text())
+    assert set(winner_metrics["fine_tuned"]) == {"validation", "test"} and "test" in winner_metrics["baseline"]
+    assert not (Path(bad.user_attrs["run_dir"]) / "metrics.json").exists()
+    evaluation = json.loads((result.winner / "evaluation.json").read_text())  # what training itself scored
+    assert "test" not in evaluation["fine_tuned"] and "test" not in evaluation["baseline"]
+    assert study.user_attrs["test"]["trial"] == 0
+
+    report = json.loads((result.dir / "tune.json").read_text())
+    assert report["finished"] == 2 and report["winner"]["trial"] == 0 and report["winner"]["promoted"]
+    assert report["winner"]["test"]["fine_tuned"]["n"] == 12
+    rows = {r["number"]: r for r in report["trials"]}
+    assert rows[1]["state"] == "PRUNED" and rows[1]["energy_kwh"] > 0 and rows[0]["energy_kwh"] > 0
+    assert report["energy"]["energy_kwh"] == pytest.approx(rows[0]["energy_kwh"] + rows[1]["energy_kwh"])
+    assert "at least 2 completed trials" in report["importances_note"]
+    page = (result.dir / "tune.html").read_text()
+    assert 'id="history"' in page and 'id="curves"' in page
+    winner = load_spec(result.dir / "winner.yaml")  # what `tunelab train` reads
+    assert winner.training.learning_rate == 5e-3 and winner.name == "study-winner"
+
+    # a re-run of a finished study trains nothing and does not score test again
+    scored_at = study.user_attrs["test"]["scored_at"]
+    tune(spec, trials=2)
+    assert optuna.load_study(study_name="study", storage=url).user_attrs["test"]["scored_at"] == scored_at
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tunelab.cli", "tune", *args]
+
+
+def test_killed_study_resumes_to_exactly_n_trials(tiny_assets: dict, tmp_path: Path) -> None:
+    path = small_spec(tmp_path, tiny_assets, trials=2, pruner="none", heartbeat_seconds=1, space={
+        "epochs": {"choices": [1]}, "batch_size": None})
+    url = f"sqlite:///{tmp_path / 'runs' / 'tunelab.db'}"
+    proc = subprocess.Popen(_cli(str(path)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            try:
+                trials = optuna.load_study(study_name="study", storage=url).get_trials(deepcopy=False)
+            except Exception:  # the study or its tables do not exist yet
+                continue
+            states = [t.state.name for t in trials]
+            if "COMPLETE" in states and states[-1] == "RUNNING":
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed = optuna.load_study(study_name="study", storage=url).get_trials()[-1]
+    assert killed.state.name == "RUNNING", "the study finished before it could be killed"
+    time.sleep(2.5)  # the killed trial's heartbeat goes stale (grace period: 2 x heartbeat_seconds)
+
+    again = subprocess.run(_cli(str(path)), capture_output=True, text=True, timeout=300)
+    assert again.returncode in (0, 3), again.stderr[-3000:]
+    trials = optuna.load_study(study_name="study", storage=url).get_trials()
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") + states.count("PRUNED") == 2
+    assert trials[killed.number].state.name == "FAIL"
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retried) == 1 and retried[0].params == killed.params and retried[0].state.name == "COMPLETE"
+    run_dirs = [t.user_attrs["run_dir"] for t in trials if t.state.name == "COMPLETE"]
+    assert len(set(run_dirs)) == 2  # no trial ran twice into one run directory
+    report = json.loads((tmp_path / "runs" / "study" / "tune.json").read_text())
+    assert report["finished"] == 2 and report["states"]["FAIL"] == 1
+    assert "trial" in again.stdout and "winner: trial" in again.stdout
+    assert yaml.safe_load((tmp_path / "runs" / "study" / "winner.yaml").read_text())["task"] == "text-classification"
