@@ -92,7 +92,7 @@ def train(spec: Path = typer.Argument(..., help="Run spec (YAML)."),
         out.print(f"test {c['metric']}: baseline {c['baseline']:.4f} -> fine-tuned {c['fine_tuned']:.4f} "
                   f"({verdict} the untuned base, n={c['n']})")
     out.print(f"run directory: {run.dir}  (report: {run.dir / 'report.html'})")
-    _print_gate(run.gate)
+    _print_gate(run.gate, spec)
     if not run.promoted:
         raise typer.Exit(NOT_PROMOTED_EXIT)
 
@@ -100,7 +100,7 @@ def train(spec: Path = typer.Argument(..., help="Run spec (YAML)."),
 NOT_PROMOTED_EXIT = 3  # as tunelab.evaluate.gate.NOT_PROMOTED_EXIT (kept here so the CLI imports stay light)
 
 
-def _print_gate(verdict: dict) -> None:
+def _print_gate(verdict: dict, spec: Path) -> None:
     """The promotion gate's verdict; when the model is not promoted, why, and what to change."""
     if not verdict:
         return
@@ -114,6 +114,8 @@ def _print_gate(verdict: dict) -> None:
                   highlight=False)
     err.print("run.json says status: not-promoted; `tunelab serve` and `tunelab export` refuse this run unless given "
               "--allow-worse")
+    err.print(f"to search for better settings: `tunelab tune {spec} --trials 20` (learning rate, epochs, batch size, "
+              f"...), or `tunelab auto {spec} --budget 30m` (zero-shot -> few-shot -> LoRA -> full)", highlight=False)
 
 
 @app.command("plan")

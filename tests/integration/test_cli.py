@@ -173,3 +173,29 @@ def test_init_writes_a_spec_that_trains(tmp_path: Path) -> None:
     from tunelab.spec import load_spec
 
     assert load_spec(tmp_path / "new.yaml").task == "text-classification"
+
+
+def test_a_run_that_does_not_beat_its_baseline_is_not_promoted_and_not_served(tiny_assets: dict, tmp_path: Path) -> None:
+    """The gate end to end: a learning rate too small to move the model leaves it at (or below) the baseline,
+    so train exits 3, run.json says not-promoted with the diagnosis and the search commands, and serve and
+    export refuse the run unless told --allow-worse."""
+    spec = write_spec(tmp_path / "flat.yaml", tiny_assets, training={"epochs": 2, "learning_rate": 1e-9})
+    result = tunelab("train", str(spec))
+    assert result.returncode == NOT_PROMOTED_EXIT, result.stderr[-2000:]
+    assert "not promoted" in result.stderr and "does NOT beat" in result.stderr
+    assert f"tunelab tune {spec}" in result.stderr and f"tunelab auto {spec}" in result.stderr
+    run = tmp_path / "runs" / "flat"
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "not-promoted" and not status["gate"]["promoted"] and status["gate"]["diagnosis"]
+    assert "does NOT beat" in (run / "report.html").read_text()
+    refused = tunelab("export", str(run), "--onnx", "--out", str(tmp_path / "onnx"))
+    assert refused.returncode == 2 and "--allow-worse" in refused.stderr and not (tmp_path / "onnx").exists()
+    from tunelab.run import RunError
+    from tunelab.serve.app import create_app
+    from tunelab.serve.settings import ServeSettings
+
+    with pytest.raises(RunError, match="not promoted"):
+        create_app([run], ServeSettings(db=f"sqlite:///{tmp_path / 'r.db'}"))
+    assert create_app([run], ServeSettings(db=f"sqlite:///{tmp_path / 'r.db'}", allow_worse=True)) is not None
+    allowed = tunelab("export", str(run), "--onnx", "--allow-worse", "--out", str(tmp_path / "onnx"))
+    assert allowed.returncode == 0, allowed.stderr[-2000:]

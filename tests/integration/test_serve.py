@@ -30,6 +30,9 @@ from tunelab.serve import ServeSettings, create_app  # noqa: E402
 from tunelab.spec import parse_spec  # noqa: E402
 
 KEY, OTHER_KEY = "test-key-1", "test-key-2"
+# Every app here serves one-epoch runs that check the serving contract, not accuracy: some end below their
+# baseline (run.json not-promoted), which the server refuses unless allow_worse (tests/integration/test_cli.py
+# checks that refusal).
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CHAT = [{"role": "user", "content": "what is the city number 3?"}]
 
@@ -72,7 +75,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(serve_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     db = tmp_path_factory.mktemp("serve-db") / "requests.db"
-    settings = ServeSettings(api_keys=(KEY, OTHER_KEY), db=f"sqlite:///{db}", max_body_bytes=256 * 1024,
+    settings = ServeSettings(allow_worse=True, api_keys=(KEY, OTHER_KEY), db=f"sqlite:///{db}", max_body_bytes=256 * 1024,
                              max_input_tokens=128, max_tokens=16, max_n=2, timeout_s=60)
     app = create_app(list(serve_runs.values()), settings)
     port = _free_port()
@@ -239,7 +242,7 @@ def test_torch_runtime_gives_the_onnx_answers(server: SimpleNamespace) -> None:
     onnx_scores = _post(server, "/v1/classify", {"model": "serve-tc", "input": texts}).json()["data"]
     onnx_emb = _post(server, "/v1/embeddings", {"model": "serve-tc", "input": texts,
                                                "encoding_format": "float"}).json()["data"]
-    app = create_app([server.runs["serve-tc"]], ServeSettings(db="none", runtime="torch"))
+    app = create_app([server.runs["serve-tc"]], ServeSettings(allow_worse=True, db="none", runtime="torch"))
     with TestClient(app) as local:
         assert local.get("/v1/models").json()["data"][0]["runtime"] == "torch"
         torch_scores = local.post("/v1/classify", json={"model": "serve-tc", "input": texts}).json()["data"]
@@ -258,8 +261,8 @@ def test_int8_is_checked_on_held_out_texts(serve_runs: dict[str, Path]) -> None:
 
     run = serve_runs["serve-tc"]
     with pytest.raises(RunError, match=r"not close enough to the float one: int8 on \d+ validation texts"):
-        create_app([run], ServeSettings(db="none", quantize="int8", min_int8_agreement=1.01))
-    app = create_app([run], ServeSettings(db="none", quantize="int8", min_int8_agreement=0.0,
+        create_app([run], ServeSettings(allow_worse=True, db="none", quantize="int8", min_int8_agreement=1.01))
+    app = create_app([run], ServeSettings(allow_worse=True, db="none", quantize="int8", min_int8_agreement=0.0,
                                           max_int8_metric_drop=1.0))
     served = app.state.tunelab.models["serve-tc"]
     check = served.quant_check
@@ -276,7 +279,7 @@ def test_runtime_onnx_is_refused_for_image_runs(serve_runs: dict[str, Path]) -> 
     from tunelab.run import RunError
 
     with pytest.raises(RunError, match="serves text classifiers on the CPU only"):
-        create_app([serve_runs["serve-img"]], ServeSettings(db="none", runtime="onnx"))
+        create_app([serve_runs["serve-img"]], ServeSettings(allow_worse=True, db="none", runtime="onnx"))
 
 
 def test_encoder_input_cap(server: SimpleNamespace) -> None:
@@ -452,7 +455,7 @@ def test_pickle_weights_are_refused(server: SimpleNamespace, tmp_path: Path) -> 
     shutil.copytree(server.runs["serve-tc"], run, ignore=shutil.ignore_patterns("checkpoints"))
     (run / "model" / "model.safetensors").rename(run / "model" / "pytorch_model.bin")
     with pytest.raises(UnsafeWeights, match="pickle"):
-        create_app([run], ServeSettings(db="none"))
+        create_app([run], ServeSettings(allow_worse=True, db="none"))
 
 
 # ------------------------------------------------------------------------------- batching, log, metrics
@@ -510,7 +513,7 @@ def test_no_log_inputs_stores_only_a_hash(serve_runs: dict[str, Path], tmp_path:
     from tunelab.serve.store import RequestStore
 
     db = f"sqlite:///{tmp_path / 'hashed.db'}"
-    app = create_app([serve_runs["serve-tc"]], ServeSettings(db=db, log_inputs=False))
+    app = create_app([serve_runs["serve-tc"]], ServeSettings(allow_worse=True, db=db, log_inputs=False))
     text = "a secret goal match"
     with TestClient(app) as c:  # no keys configured: open
         assert c.post("/v1/classify", json={"model": "serve-tc", "input": text}).status_code == 200
