@@ -8,6 +8,7 @@ The Python API, in the order of the lifecycle::
     run = fine_tune(spec)                    # writes runs/<name>/
     model = load_run(run.dir)                # a RunDir
     predict(model, texts=["Shares rose after the results."])
+    auto(spec, budget="30m")                 # the zero-shot -> few-shot -> LoRA -> full ladder
 
 Importing `tunelab` is cheap: each name loads its module on first use (PEP 562), so neither
 `import tunelab` nor the `tunelab` command pays for torch until something needs it.
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["fine_tune", "load_spec", "RunDir", "load_run", "predict"]
+__all__ = ["fine_tune", "load_spec", "RunDir", "load_run", "predict", "auto"]
 
 # public name -> module that defines it
 _LAZY = {
@@ -29,10 +30,12 @@ _LAZY = {
     "RunDir": "tunelab.run",
     "load_run": "tunelab.api",
     "predict": "tunelab.api",
+    "auto": "tunelab.auto",  # a function there; the package itself is callable too (see tunelab/auto/__init__.py)
 }
 
 if TYPE_CHECKING:
     from tunelab.api import load_run, predict
+    from tunelab.auto import auto
     from tunelab.recipes import fine_tune
     from tunelab.run import RunDir
     from tunelab.spec import load_spec

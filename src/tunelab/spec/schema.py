@@ -10,15 +10,38 @@ restored, fixed seed), so a spec only needs the task, the base model and the dat
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class SpecError(ValueError):
     """A spec that cannot be used; the message says where and how to fix it."""
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def duration_seconds(value: Any) -> float:
+    """Seconds in VALUE: a number (seconds) or a duration string ("90", "45s", "10m", "1h30m", "1.5h"), so a
+    time limit reads the way people say it. ValueError names the accepted forms."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip().lower().replace(" ", "")
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {value!r}; write seconds (90) or a duration like 45s, 10m, 1h30m")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
 class Section(BaseModel):
@@ -92,6 +115,15 @@ class TrainingSpec(Section):
         None, ge=1, description="Also checkpoint every N optimiser steps (a checkpoint is always written each epoch)."
     )
     seed: int = Field(42, description="Seed for data order, initialisation and dropout.")
+    time_limit: float | None = Field(
+        None, gt=0.0, description="Stop training after this long (seconds, or a duration like 10m or 1h30m): the "
+        "current step finishes, then validation, a checkpoint, and the best epoch is kept, as with early stopping; "
+        "null: no limit.")
+
+    @field_validator("time_limit", mode="before")
+    @classmethod
+    def _parse_time_limit(cls, value: Any) -> float | None:
+        return None if value is None else duration_seconds(value)
 
 
 class EvaluationSpec(Section):
