@@ -30,7 +30,7 @@ _LAZY = {
     "RunDir": "tunelab.run",
     "load_run": "tunelab.api",
     "predict": "tunelab.api",
-    "auto": "tunelab.auto",  # a function there; the package itself is callable too (see tunelab/auto/__init__.py)
+    "auto": "tunelab.auto",  # the package, callable: it climbs the ladder (see tunelab/auto/__init__.py)
 }
 
 if TYPE_CHECKING:
@@ -45,7 +45,10 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tunelab' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
+    target = import_module(module)
+    # `auto` names a subpackage, bound to this package's attribute once loaded: resolve to that (callable) package
+    # itself, so `tunelab.auto` is the same object before and after `tunelab.auto.energy` is imported
+    value = target if target.__name__ == f"{__name__}.{name}" else getattr(target, name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 

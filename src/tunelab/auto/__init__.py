@@ -2,10 +2,10 @@
 zero -> few-shot -> LoRA -> full ladder of `tunelab auto` (ladder.py, prompted.py); search and the planner
 will join them.
 
-`tunelab.auto(spec, budget)` climbs the ladder. `tunelab.auto` is also this package (Python binds a loaded
-subpackage to its parent's attribute, so `import tunelab.auto.energy` would replace a function exported
-under the same name); the package is therefore made callable, and calling it calls `auto` below. Nothing
-heavy is imported until it is called.
+`tunelab.auto(spec, budget)` climbs the ladder. `tunelab.auto` is this package (Python binds a loaded
+subpackage to its parent's attribute, so a function exported under the same name would be replaced as soon
+as `tunelab.auto.energy` is imported); the package is therefore callable, and calling it calls `auto`
+below. Nothing heavy is imported until it is called.
 """
 
 from __future__ import annotations
