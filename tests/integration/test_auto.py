@@ -22,6 +22,18 @@ LADDER_ROW_FIELDS = {"rung", "kind", "method", "status", "metric", "gain", "seco
                      "run_dir", "time_limit", "stop_reason", "why"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> object:
+    """One torch thread while these tests train: on two cores shared with other processes, two threads per
+    process spin against each other (a tiny model's fit took 47 s with two threads, 1.3 s with one)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tunelab(*args: str) -> object:
     """The real CLI, in this process (the ladder's own runs dominate; a fresh interpreter would add its imports)."""
     return CliRunner().invoke(app, list(args))

@@ -57,7 +57,7 @@ PROMPTED = "prompted"  # the base answering the validation prompts, with or with
 TRAINED = "trained"  # a spec variant trained by fine_tune into its own run directory
 
 # what became of it
-COMPLETED, NOT_PROMOTED, MEASURED = "completed", "not-promoted", "measured"
+PENDING, COMPLETED, NOT_PROMOTED, MEASURED = "pending", "completed", "not-promoted", "measured"
 SKIPPED, NOT_RUN, FAILED = "skipped", "not-run", "failed"
 
 
@@ -100,7 +100,7 @@ class RungResult:
     rung: str
     kind: str
     method: str | None
-    status: str = "pending"
+    status: str = PENDING
     metric: float | None = None  # validation, the ladder's metric
     gain: float | None = None  # over the best rung before it, in the metric's direction (positive: better)
     seconds: float | None = None
@@ -172,6 +172,9 @@ def auto(spec: RunSpec, budget: str | float = DEFAULT_BUDGET, *, min_gain: float
         _update_gains(result.rungs, result.lower_is_better)
         stop_why = _stop_after(row, min_gain)
         say(f"rung {rung.name}: {row.status}, validation {metric} {_fmt(row.metric)} (gain {_fmt(row.gain, '+')})")
+    for row in result.rungs:  # a zero-shot baseline that no trained rung's run got to score
+        if row.status == PENDING:
+            row.status, row.why = NOT_RUN, "not scored: it is scored as the baseline inside the first trained rung"
     result.winner, result.verdict = choose_winner(result.rungs, metric, result.lower_is_better)
     result.elapsed_s = time.monotonic() - clock
     _write(result, spec)
@@ -276,7 +279,7 @@ def _open(spec: RunSpec, overwrite: bool) -> Path:
 
 def _planned(rung: Rung, spec: RunSpec, base: str, shots: int) -> RungResult:
     why = skip_reason(rung, spec, base) or ("no examples to show (shots: 0)" if rung.shots and shots < 1 else "")
-    return RungResult(rung.name, rung.kind, rung.method, status=SKIPPED if why else "pending", why=why)
+    return RungResult(rung.name, rung.kind, rung.method, status=SKIPPED if why else PENDING, why=why)
 
 
 def _score_prompted(spec: RunSpec, ladder: tuple[Rung, ...], result: AutoResult, force: bool,
@@ -297,6 +300,7 @@ def _score_prompted(spec: RunSpec, ladder: tuple[Rung, ...], result: AutoResult,
         row.run_dir = str(score.folder)
         _energy(row, score.energy)
         row.why = f"{score.metrics['n']} validation prompts" + (f", {score.shots:.1f} example(s) shown" if k else "")
+        say(f"rung {row.rung}: validation {result.metric} {row.metric:.4f} ({row.why})")
     _update_gains(result.rungs, result.lower_is_better)
 
 
@@ -304,7 +308,7 @@ def _train(spec: RunSpec, rung: Rung, row: RungResult, root: Path, metric: str, 
            rows: list[RungResult]) -> None:
     """Run a trained rung through fine_tune and fill its row (and the zero-shot row from its baseline)."""
     variant = rung_spec(spec, rung, root, metric, row.time_limit)
-    row.run_dir = str(variant.run_dir())
+    row.run_dir, row.time_limit = str(variant.run_dir()), variant.training.time_limit
     try:
         fine_tune(variant, force=force)
     except Exception as err:  # a rung that fails ends the climb; with nothing trained before it, the error is the answer
@@ -321,7 +325,7 @@ def _train(spec: RunSpec, rung: Rung, row: RungResult, root: Path, metric: str, 
     if row.stop_reason:
         row.why = "; ".join(filter(None, [row.why, f"training stopped early: {row.stop_reason}"]))
     zero = rows[0]
-    if zero.kind == BASELINE and zero.status == "pending" and found["baseline"] is not None:
+    if zero.kind == BASELINE and zero.status == PENDING and found["baseline"] is not None:
         zero.status, zero.metric, zero.run_dir = MEASURED, found["baseline"], row.run_dir
         zero.why = f"scored as the baseline inside the {rung.name} run (its time and energy are that run's)"
 
