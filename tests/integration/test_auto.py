@@ -119,6 +119,13 @@ def test_a_gain_below_the_threshold_stops_the_ladder_and_exit_3_says_no_rung_bea
     assert rows["full"]["why"].startswith("stopped: lora gained") and "below min_gain 0.005" in rows["full"]["why"]
     assert "no trained rung beats zero-shot" in result.output
     assert not (tmp_path / "runs" / "flat" / "WINNER").exists()
+    from tunelab.run import RunError
+
+    again = tunelab("auto", str(spec))  # a ladder is not replaced unless asked (main() prints it, exit 2), ...
+    assert isinstance(again.exception, RunError) and "pass --overwrite" in str(again.exception)
+    # ... and a training run's directory never is
+    with pytest.raises(RunError, match="run directory of a `tunelab train` run, not a ladder"):
+        ladder_module.auto(load_spec(spec).model_copy(update={"name": "flat/rungs/lora"}), overwrite=True)
 
 
 def test_a_spent_budget_stops_the_ladder(tiny_assets: dict, tmp_path: Path) -> None:

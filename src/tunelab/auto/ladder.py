@@ -270,6 +270,9 @@ def choose_winner(rows: list[RungResult], metric: str, lower_is_better: bool) ->
 def _open(spec: RunSpec, overwrite: bool) -> Path:
     root = spec.run_dir()
     if root.exists() and any(root.iterdir()):
+        if RunDir(root).has_spec() and not (root / AUTO_JSON).is_file():  # --overwrite must not delete a training run
+            raise RunError(f"{root} is the run directory of a `tunelab train` run, not a ladder; climb under "
+                           "another name (--name)")
         if not overwrite:
             raise RunError(f"{root} already exists; pass --overwrite to replace it, or --name to climb into another")
         shutil.rmtree(root)
