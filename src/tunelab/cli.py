@@ -152,6 +152,53 @@ def plan_command(spec: Path = typer.Argument(..., help="Run spec (YAML)."),
     print_plan(out, result)
 
 
+@app.command("auto")
+def auto_ladder(spec: Path = typer.Argument(..., help="Run spec (YAML): task, base model and data."),
+                budget: str = typer.Option("30m", help="Time for the whole ladder: seconds, or 45s, 10m, 1h30m."),
+                min_gain: float = typer.Option(0.005, help="Smallest validation gain over the best rung so far "
+                                               "that lets the ladder climb on (0.005: half a point of a 0-1 metric)."),
+                shots: int = typer.Option(3, help="Chat/completion: training examples shown in each prompt of the "
+                                          "in-context rung."),
+                name: Optional[str] = typer.Option(None, help="Ladder name; overrides the spec's."),
+                overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing ladder folder."),
+                force: bool = typer.Option(False, "--force", help="Train despite data errors (recorded in the report).")
+                ) -> None:
+    """Climb zero-shot -> few-shot -> LoRA -> full fine-tuning while the validation gain pays for the compute;
+    the winner is an ordinary run directory (exit 3 when no trained rung beats zero-shot)."""
+    from tunelab.spec import load_spec
+    from tunelab.spec.schema import duration_seconds
+
+    run_spec = load_spec(spec)
+    if name:
+        run_spec.name = name
+    try:
+        seconds = duration_seconds(budget)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--budget") from None
+    from tunelab.auto.ladder import auto
+    from tunelab.reports.ladder_report import COLUMNS, ladder_rows
+
+    result = auto(run_spec, seconds, min_gain=min_gain, shots=shots, force=force, overwrite=overwrite,
+                  say=lambda line: err.print(escape(line), highlight=False))
+    record = json.loads((result.dir / "auto.json").read_text())
+    table = Table(title=f"the ladder: validation {result.metric} (budget {seconds:.0f} s, used {result.elapsed_s:.0f} s)")
+    for col in COLUMNS[:-1]:  # the why column is printed below the table, where it has room
+        table.add_column(col, justify="left" if col in ("rung", "method", "status") else "right")
+    rows = ladder_rows(record)
+    for row in rows:
+        table.add_row(*(escape(c) for c in row[:-1]))
+    out.print(table)
+    for row in rows:
+        if row[-1]:
+            out.print(f"  {escape(row[0])}: {escape(row[-1])}", highlight=False)
+    out.print(f"ladder report: {result.dir / 'auto.html'}")
+    if result.winner is None:
+        err.print(f"[bold red]{escape(result.verdict)}[/]", highlight=False)
+        raise typer.Exit(NOT_PROMOTED_EXIT)
+    out.print(f"[green]{escape(result.verdict)}[/]", highlight=False)
+    out.print(f"winner run directory: {result.winner_dir}", highlight=False)
+
+
 @app.command()
 def evaluate(run: Path = typer.Argument(..., help="Run directory."),
              data: Optional[str] = typer.Option(None, help="Score this file instead of the run's validation/test splits."),

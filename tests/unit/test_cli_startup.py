@@ -44,7 +44,7 @@ def python(code: str, cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
-COMMANDS = ["train", "plan", "evaluate", "predict", "init", "export", "generate", "chat", "models", "monitor", "serve", "tune",
+COMMANDS = ["train", "plan", "auto", "evaluate", "predict", "init", "export", "generate", "chat", "models", "monitor", "serve", "tune",
             "data", "data check", "data clean", "data preview"]
 
 
@@ -108,7 +108,7 @@ def test_import_tunelab_is_light(tmp_path: Path) -> None:
                     "'version': tunelab.__version__, 'heavy': sorted(m for m in %r if m in sys.modules)}))" % (HEAVY,),
                     tmp_path)
     info = json.loads(result.stdout)
-    assert sorted(info["all"]) == ["RunDir", "fine_tune", "load_run", "load_spec", "predict", "tune"]
+    assert sorted(info["all"]) == ["RunDir", "auto", "fine_tune", "load_run", "load_spec", "plan", "predict", "tune"]
     assert info["version"]
     assert info["heavy"] == []
 
@@ -119,7 +119,11 @@ def test_public_api_resolves(tmp_path: Path) -> None:
            "assert tune is tunelab.auto.tune.tune\n"
            "assert fine_tune is tunelab.recipes.fine_tune and RunDir is tunelab.run.RunDir\n"
            "assert load_spec is tunelab.spec.load_spec\n"
-           "assert all(callable(f) for f in (predict, load_run))\n", tmp_path)
+           "assert all(callable(f) for f in (predict, load_run))\n"
+           # `auto` stays callable after its package's submodules load (the package itself is callable)
+           "from tunelab import auto\n"
+           "import tunelab.auto.energy\n"
+           "assert auto is tunelab.auto and callable(auto) and tunelab.auto.energy.EnergyMeter\n", tmp_path)
 
 
 def test_load_run_checks_for_a_spec(tmp_path: Path) -> None:

@@ -138,6 +138,7 @@ def fine_tune_lm(spec: RunSpec, resume: bool = False, force: bool = False, overw
     write_json(run.file(RunDir.GENERATIONS), {"max_new_tokens": spec.evaluation.generation.max_new_tokens,
                                               "batch_size": 8, "samples": samples})
     details = {"defaults": chosen, "comparison": comparison, "best_epoch": state.best_epoch, "stopped_early": state.stopped_early,
+               "stop_reason": state.stop_reason,
                "baseline_method": "the untuned base model on the same held-out examples and prompts",
                "loss_on": task.describe_loss(spec),
                "truncation": {n: {"truncated": len(e.truncated), "tokens_cut": e.tokens_cut,

@@ -99,6 +99,7 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
     details = {"defaults": chosen, "baseline": baseline, "fine_tuned": fine_tuned, "baseline_method": baseline_method,
                "extra_baselines": extras.get("extra_baselines", {}),
                "comparison": comparison, "best_epoch": state.best_epoch, "stopped_early": state.stopped_early,
+               "stop_reason": state.stop_reason,
                "gate": verdict.to_dict()}
     details["energy"] = meter.stop()  # the reports and the model card show it; run.json records it
     package(run_dir, metrics, details, state)

@@ -142,4 +142,5 @@ def mark_completed(run_dir: Path, state: TrainState, started: float, resume: boo
     write_json(RunDir(run_dir).file(RunDir.STATUS), {
         "status": "completed" if verdict.promoted else "not-promoted", "started": started, "finished": time.time(),
         "tunelab": __version__, "processes": accelerator.num_processes, "resumed": resume,
-        "best_epoch": state.best_epoch, "gate": verdict.to_dict(), **({"energy": energy} if energy else {})})
+        "best_epoch": state.best_epoch, "stop_reason": state.stop_reason, "gate": verdict.to_dict(),
+        **({"energy": energy} if energy else {})})

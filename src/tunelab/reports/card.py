@@ -81,7 +81,7 @@ Data checks before training ({data_headline}; details in `data_report.html`):
 
 ## Method and hyperparameters
 - method: {spec.model.method}{lora}; trainable parameters {params['trainable_params']:,} of {params['total_params']:,}
-- epochs (max) {t.epochs}, best epoch {details.get('best_epoch')}, stopped early: {details.get('stopped_early')}
+- epochs (max) {t.epochs}, best epoch {details.get('best_epoch')}, stopped early: {details.get('stop_reason') or details.get('stopped_early')}
 - learning rate {spec.learning_rate:g}, warmup {t.warmup:.0%} then linear decay, weight decay {t.weight_decay}{chosen}
 - batch size {t.batch_size} x {t.gradient_accumulation_steps} accumulation, batching {t.batching}, seed {t.seed}
 - early stopping patience {t.early_stopping_patience} on validation {spec.evaluation.metric}{energy}

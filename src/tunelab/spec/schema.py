@@ -13,13 +13,38 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class SpecError(ValueError):
     """A spec that cannot be used; the message says where and how to fix it."""
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(d|h|min|m|s)")
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0}
+
+
+def duration_seconds(value: Any, where: str = "duration") -> float | None:
+    """Seconds in VALUE: a number (seconds) or a duration string ("90", "45s", "10m", "1h30m", "1.5h", "2d"), so
+    a time limit or budget reads the way people say it, in a spec and on the command line (None stays None).
+    SpecError (a ValueError) names WHERE and the accepted forms."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise SpecError(f"{where} {value!r}: not a duration; write seconds (90) or e.g. 45s, 10m, 1h30m")
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip().lower().replace(" ", "")
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise SpecError(f"{where} '{value}': not a duration; write seconds (90) or e.g. 45s, 10m, 1h30m")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
 class Section(BaseModel):
@@ -94,6 +119,15 @@ class TrainingSpec(Section):
         None, ge=1, description="Also checkpoint every N optimiser steps (a checkpoint is always written each epoch)."
     )
     seed: int = Field(42, description="Seed for data order, initialisation and dropout.")
+    time_limit: float | None = Field(
+        None, gt=0.0, description="Stop training after this long (seconds, or a duration like 10m or 1h30m): the "
+        "current step finishes, then validation, a checkpoint, and the best epoch is kept, as with early stopping; "
+        "null: no limit.")
+
+    @field_validator("time_limit", mode="before")
+    @classmethod
+    def _parse_time_limit(cls, value: Any) -> float | None:
+        return duration_seconds(value, "training.time_limit")
 
 
 class EvaluationSpec(Section):
@@ -126,20 +160,6 @@ class EnergySpec(Section):
 
 class OutputSpec(Section):
     dir: str = Field("runs", description="Folder that holds run directories.")
-
-
-_DURATION_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-
-
-def duration_seconds(value: str | float | int | None, where: str = "duration") -> float | None:
-    """Seconds from a number or a string like '90', '30m', '2h' (None stays None): the one way time limits
-    are written in a spec and on the command line."""
-    if value is None or isinstance(value, (int, float)):
-        return None if value is None else float(value)
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*", str(value), re.IGNORECASE)
-    if not match:
-        raise SpecError(f"{where} '{value}': not a duration; write seconds (90) or e.g. 30m, 2h")
-    return float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]
 
 
 class ParamRange(Section):

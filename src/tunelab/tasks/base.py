@@ -183,6 +183,11 @@ class GeneratorTask(Task, Protocol):
         """A prompt rendered exactly as in training."""
         ...
 
+    def in_context_prompts(self, train: Any, prompts: list[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
+        """PROMPTS with K examples of TRAIN shown before each (the same K for every prompt, drawn with SEED),
+        within max_length, each with "shots" (how many it kept): the in-context rung of `tunelab auto`."""
+        ...
+
     def evaluate_loss(self, model: Any, encoded: Any, batch_size: int, desc: str = "validation",
                       show: bool = True) -> dict[str, Any]:
         ...

@@ -341,6 +341,20 @@ class ChatTask(_LMTask):
         messages = ([{"role": "system", "content": system}] if system else []) + list(history or [])
         return render_prompt(self.tokenizer, messages + [{"role": "user", "content": text}])
 
+    def in_context_prompts(self, train: Any, prompts: list[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
+        """Each held-out conversation preceded by K whole training conversations as earlier turns."""
+        from tunelab.data.doctor import column
+        from tunelab.lm.few_shot import draw_shots, fitted, with_shots
+
+        conversations = column(train, "messages")
+        shots = [conversations[i] for i in draw_shots(len(conversations), k, seed)]
+        out = []
+        for p in prompts:
+            ids, kept = fitted(lambda s, p=p: render_prompt(self.tokenizer, with_shots(s, p["messages"])), shots,
+                               self.max_length)
+            out.append({**p, "prompt_ids": ids, "shots": kept})
+        return out
+
     def preview(self, tokenizer: Any, row: dict[str, Any], spec: Any) -> Any:
         return render_chat(tokenizer, row["messages"], spec.data.train_on, spec.data.max_length)
 
@@ -409,6 +423,21 @@ class CompletionTask(_LMTask):
 
     def prompt_ids(self, text: str, system: str | None = None, history: Any = None) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def in_context_prompts(self, train: Any, prompts: list[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
+        """Each held-out document's opening preceded by K whole training documents, each ended by EOS."""
+        from tunelab.data.doctor import column
+        from tunelab.lm.few_shot import draw_shots, fitted, joined_ids
+
+        texts = column(train, "text")
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        shots = [self.tokenizer(texts[i], add_special_tokens=True)["input_ids"] + eos
+                 for i in draw_shots(len(texts), k, seed)]
+        out = []
+        for p in prompts:
+            ids, kept = fitted(lambda s, p=p: joined_ids(s, p["prompt_ids"]), shots, self.max_length)
+            out.append({**p, "prompt_ids": ids, "shots": kept})
+        return out
 
     def preview(self, tokenizer: Any, row: dict[str, Any], spec: Any) -> Any:
         from tunelab.lm.chat_format import render_text

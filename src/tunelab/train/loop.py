@@ -27,6 +27,9 @@ from tunelab.train.checkpoints import checkpoint_path, load_checkpoint, load_wei
 from tunelab.train.hooks import RunHooks
 from tunelab.train.optim import adamw
 
+EARLY_STOPPING = "early-stopping"  # TrainState.stop_reason: no better validation metric for `patience` epochs
+TIME_LIMIT = "time-limit"  # training.time_limit was reached
+
 
 @dataclass
 class TrainState:
@@ -39,6 +42,7 @@ class TrainState:
     best_epoch: int | None = None
     bad_epochs: int = 0
     stopped_early: bool = False
+    stop_reason: str | None = None  # EARLY_STOPPING or TIME_LIMIT when training ended before its last epoch
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
     step_losses: list[list[float]] = field(default_factory=list)  # [global_step, loss]
 
@@ -111,6 +115,25 @@ def train_step(model: torch.nn.Module, task: Any, batch: dict[str, Any], optimiz
     return step_loss, tracked
 
 
+class Deadline:
+    """training.time_limit as a deadline that every process agrees on: under several processes the first one
+    past it stops them all at the same step (one all-reduce of a flag per optimiser step), so none waits
+    forever in a collective that the others have left."""
+
+    def __init__(self, seconds: float | None, accelerator: Accelerator) -> None:
+        self.at = time.monotonic() + seconds if seconds else None
+        self.accelerator = accelerator
+
+    def passed(self) -> bool:
+        if self.at is None:
+            return False
+        over = time.monotonic() >= self.at
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([float(over)], device=self.accelerator.device)
+            over = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        return over
+
+
 def fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: Path, accelerator: Accelerator,
         evaluate: Callable[[torch.nn.Module], dict[str, Any]], resume: bool = False,
         hooks: RunHooks | None = None) -> TrainState:
@@ -120,8 +143,13 @@ def fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: P
 
     TASK (tunelab.tasks.base.Task) brings the batching (`train_loader`), the step's loss (`training_step`),
     the optimizer groups (`param_groups`) and what changes between epochs (`on_epoch_start`). HOOKS
-    (tunelab.train.hooks) hear each epoch's validation metrics; a search's pruner may stop the run there."""
+    (tunelab.train.hooks) hear each epoch's validation metrics; a search's pruner may stop the run there.
+
+    training.time_limit ends training like early stopping: the step under way finishes, the (possibly partial)
+    epoch is validated and checkpointed, and the best epoch's weights are kept; state.stop_reason says which
+    rule stopped it. The limit counts from this call (a resumed run gets the whole limit again)."""
     t = spec.training
+    deadline = Deadline(t.time_limit, accelerator)
     model, optimizer, loader, sampler, scheduler = training_setup(model, task, train, spec, accelerator)
     state = TrainState()
     checkpoint = checkpoint_path(run_dir) if resume else None
@@ -161,6 +189,12 @@ def fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: P
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if t.checkpoint_steps and state.global_step % t.checkpoint_steps == 0:
                     save(f"step-{state.global_step:07d}")
+                if deadline.passed():
+                    state.stop_reason = TIME_LIMIT
+                    break
+        if state.stop_reason == TIME_LIMIT:
+            bar.close()
+            epoch_loader.end()  # the loop left the loader early: release it from accelerate's gradient state
         train_seconds = time.perf_counter() - epoch_started
         val = evaluate(model)
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
@@ -168,6 +202,8 @@ def fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: P
         row.update({f"val_{k}": v for k, v in val.items() if not isinstance(v, (dict, list))})
         row.update(train_seconds=round(train_seconds, 2),
                    val_seconds=round(time.perf_counter() - epoch_started - train_seconds, 2))
+        if state.stop_reason == TIME_LIMIT:  # the epoch was cut short: say how far it got
+            row.update(partial=True, batches=state.step_in_epoch)
         state.history.append(row)
         score = val[spec.evaluation.metric]
         improved = state.best_metric is None or (score < state.best_metric if spec.lower_is_better
@@ -177,7 +213,12 @@ def fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: P
         else:
             state.bad_epochs += 1
         patience = t.early_stopping_patience
-        state.stopped_early = bool(patience and state.bad_epochs >= patience and epoch + 1 < t.epochs)
+        more = epoch + 1 < t.epochs
+        if state.stop_reason is None and more and deadline.passed():  # the limit fell at the epoch's end
+            state.stop_reason = TIME_LIMIT
+        if state.stop_reason is None and patience and state.bad_epochs >= patience and more:
+            state.stop_reason = EARLY_STOPPING
+        state.stopped_early = state.stop_reason is not None
         state.epoch, state.step_in_epoch = epoch + 1, 0
         shown = "" if spec.evaluation.metric == "loss" else f"  val {spec.evaluation.metric} {score:.4f}"
         accelerator.print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}"
@@ -187,8 +228,11 @@ def fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: P
         if improved:
             save(f"best-epoch-{epoch + 1:04d}", pointer="BEST")
         save(f"step-{state.global_step:07d}")
-        if state.stopped_early:
+        if state.stop_reason == EARLY_STOPPING:
             accelerator.print(f"early stop: no better validation {spec.evaluation.metric} for {patience} epoch(s)")
+        elif state.stop_reason == TIME_LIMIT:
+            accelerator.print(f"time limit: stopped after {t.time_limit:g} s (training.time_limit), in epoch "
+                              f"{epoch + 1} of {t.epochs}; the best epoch is kept")
     accelerator.wait_for_everyone()
     best = checkpoint_path(run_dir, "BEST")
     if best is not None:
