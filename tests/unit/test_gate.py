@@ -98,3 +98,17 @@ def test_a_tie_at_the_ceiling_is_promoted_but_any_other_tie_is_not() -> None:
     assert not tie.promoted and "does NOT beat" in tie.summary()
     loss_tie = gate.judge({"loss": 0.0}, {"loss": 0.0, "n": 9}, "loss", True)
     assert not loss_tie.promoted
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "macro_f1", "micro_f1"])
+def test_resampled_scores_equal_scikit_learn_on_every_resample(metric: str) -> None:
+    """The gate's vectorised bootstrap scores each resample exactly as scikit-learn does, including resamples
+    where a class is missing from the truth or from the predictions (macro-F1 over the labels present)."""
+    rng = np.random.default_rng(3)
+    truth, pred = rng.integers(0, 4, 30), rng.integers(0, 4, 30)
+    truth[:3] = 3  # a rare class that many resamples miss
+    pred[pred == 3] = 2
+    idx = rng.integers(0, 30, (200, 30))
+    score = metric_function(metric)
+    expected = np.array([score(truth[i], pred[i]) for i in idx])
+    assert np.allclose(score.resampled(truth, pred, idx), expected, atol=1e-12)

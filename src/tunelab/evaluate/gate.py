@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tunelab.evaluate.metrics import Scorer
 
 BOUNDED_METRICS = ("accuracy", "macro_f1", "micro_f1")  # metrics whose best possible value is 1.0
 NOT_PROMOTED_EXIT = 3  # `tunelab train`: 0 promoted, 1 a failed check, 2 a user error, 3 not promoted
@@ -59,7 +61,7 @@ class Verdict:
 
 
 def judge(baseline: dict[str, Any] | None, fine_tuned: dict[str, Any], metric: str, lower_is_better: bool,
-          split: str = "validation", paired: tuple[np.ndarray, np.ndarray, np.ndarray, Callable] | None = None,
+          split: str = "validation", paired: tuple[np.ndarray, np.ndarray, np.ndarray, Scorer] | None = None,
           seed: int = 0) -> Verdict:
     """Promote when FINE_TUNED is strictly better than BASELINE on METRIC. PAIRED = (truth, baseline
     predictions, fine-tuned predictions, score function) adds the bootstrap interval of the gain."""
@@ -88,17 +90,16 @@ def judge(baseline: dict[str, Any] | None, fine_tuned: dict[str, Any], metric: s
     return verdict
 
 
-def bootstrap_gain(truth: np.ndarray, base_pred: np.ndarray, tuned_pred: np.ndarray, score: Callable,
+def bootstrap_gain(truth: np.ndarray, base_pred: np.ndarray, tuned_pred: np.ndarray, score: "Scorer",
                    lower_is_better: bool = False, rounds: int = 1000, seed: int = 0) -> list[float]:
     """95% interval of score(tuned) - score(base) over examples resampled with replacement, both models on
-    the same resample (paired), in the metric's direction."""
+    the same resample (paired), in the metric's direction. All resamples are scored at once (Scorer.resampled)."""
     rng = np.random.default_rng(seed)
     n = len(truth)
-    gains = np.empty(rounds)
-    for r in range(rounds):
-        idx = rng.integers(0, n, n)
-        g = score(truth[idx], tuned_pred[idx]) - score(truth[idx], base_pred[idx])
-        gains[r] = -g if lower_is_better else g
+    idx = rng.integers(0, n, (rounds, n))
+    gains = score.resampled(truth, tuned_pred, idx) - score.resampled(truth, base_pred, idx)
+    if lower_is_better:
+        gains = -gains
     low, high = np.percentile(gains, [2.5, 97.5])
     return [float(low), float(high)]
 
