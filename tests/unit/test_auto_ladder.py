@@ -51,7 +51,7 @@ def test_a_bad_duration_names_the_accepted_forms(text: object) -> None:
 def test_time_limit_in_the_spec() -> None:
     assert _spec(training={"time_limit": "10m"}).training.time_limit == 600.0
     assert _spec().training.time_limit is None
-    with pytest.raises(SpecError, match=r"training.time_limit: .*duration like 45s, 10m"):
+    with pytest.raises(SpecError, match=r"training.time_limit: .*not a duration; write seconds \(90\) or e.g. 45s, 10m"):
         _spec(training={"time_limit": "soon"})
     with pytest.raises(SpecError, match=r"training.time_limit"):
         _spec(training={"time_limit": 0})
@@ -60,12 +60,12 @@ def test_time_limit_in_the_spec() -> None:
 # -- which rungs apply ---------------------------------------------------------------------------------------------
 def test_rungs_whose_method_the_task_lacks_are_skipped_with_the_reason(tmp_path: Path) -> None:
     spec = _spec()
-    assert "setfit" not in type(spec).RULES.methods  # until a branch adds it to text classification
-    assert skip_reason(RUNG["few-shot"], spec, str(tmp_path)) == \
-        "text-classification has no method 'setfit' (its methods: full, lora)"
     assert skip_reason(RUNG["lora"], spec, str(tmp_path)) == ""
     assert skip_reason(RUNG["zero-shot"], spec, str(tmp_path)) == ""
     image = parse_spec({"task": "image-classification", "data": {"train": "x"}})
+    assert "setfit" not in type(image).RULES.methods
+    assert skip_reason(RUNG["few-shot"], image, str(tmp_path)).startswith(
+        "image-classification has no method 'setfit' (its methods: ")
     assert skip_reason(RUNG["lora"], image, str(tmp_path)) == ""  # the image methods include lora
 
 
@@ -210,3 +210,11 @@ def test_chat_and_completion_build_k_shot_prompts() -> None:
     (shown,) = completion.in_context_prompts(docs, [{"location": "v", "prompt_ids": opening, "reference": "x"}], 2, 0)
     assert shown["shots"] == 2 and shown["prompt_ids"][-len(opening):] == opening
     assert shown["prompt_ids"].count(completion.tokenizer.eos_token_id) == 2  # each shot ends as in training
+
+
+def test_a_rung_the_planner_says_does_not_fit_is_skipped_with_the_estimate(tmp_path) -> None:
+    spec = parse_spec({"task": "chat", "data": {"train": "x.jsonl"}})
+    memory = {"full": {"fits": False, "peak_bytes": 30 * 2**30, "note": ""},
+              "lora": {"fits": True, "peak_bytes": 9 * 2**30, "note": ""}}
+    assert "does not fit: estimated 30.0 GiB" in skip_reason(LM_RUNG["full"], spec, str(tmp_path), memory)
+    assert skip_reason(LM_RUNG["lora"], spec, str(tmp_path), memory) == ""

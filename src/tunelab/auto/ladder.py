@@ -154,7 +154,8 @@ def auto(spec: RunSpec, budget: str | float = DEFAULT_BUDGET, *, min_gain: float
                         [], ladder=[asdict(r) for r in LADDERS[spec.family]])
     ladder = LADDERS[spec.family]
     base = resolve_base(spec)
-    result.rungs = [_planned(rung, spec, base, shots) for rung in ladder]
+    memory = memory_fits(spec, say)
+    result.rungs = [_planned(rung, spec, base, shots, memory) for rung in ladder]
     _score_prompted(spec, ladder, result, force, say)
     stop_why = ""
     for rung, row in zip(ladder, result.rungs):
@@ -191,15 +192,33 @@ def ladder_metric(spec: RunSpec) -> str:
     return metric
 
 
-def skip_reason(rung: Rung, spec: RunSpec, base: str) -> str:
-    """Why RUNG does not apply to SPEC ('' when it does): its method is not one of the task's, or it needs a
-    sentence-encoder base."""
+def skip_reason(rung: Rung, spec: RunSpec, base: str, memory: dict[str, Any] | None = None) -> str:
+    """Why RUNG does not apply to SPEC ('' when it does): its method is not one of the task's, it needs a
+    sentence-encoder base, or the planner's memory estimate for its method (MEMORY: method -> MethodFit as
+    a dict, from `tunelab plan`) does not fit this machine."""
     methods = type(spec).RULES.methods
     if rung.method is not None and rung.method not in methods:
         return f"{spec.task} has no method '{rung.method}' (its methods: {', '.join(methods)})"
     if rung.needs_sentence_encoder and not is_sentence_encoder(base):
         return "needs a sentence-encoder base (a sentence-transformers folder); model.base is not one"
+    fit = (memory or {}).get(rung.method or "")
+    if fit is not None and not fit["fits"]:
+        peak = f"{fit['peak_bytes'] / 2**30:.1f} GiB" if fit.get("peak_bytes") else "its peak"
+        return f"the planner says it does not fit: estimated {peak} at the spec's batch size" + (
+            f" ({fit['note']})" if fit.get("note") else "") + "; see `tunelab plan`"
     return ""
+
+
+def memory_fits(spec: RunSpec, say: Callable[[str], None]) -> dict[str, Any]:
+    """method -> the planner's MethodFit (as a dict) for this machine, from the memory estimate alone (no probe:
+    seconds, no training). A spec the planner cannot read leaves every rung unchecked, and says so."""
+    from tunelab.auto.plan import plan
+
+    try:
+        return {m.method: asdict(m) for m in plan(spec, probe=False).methods}
+    except Exception as err:  # the planner is advice: a model it cannot size must not block the ladder
+        say(f"memory not checked before the rungs (the planner failed: {err})")
+        return {}
 
 
 def rung_spec(spec: RunSpec, rung: Rung, root: Path, metric: str, time_limit: float | None) -> RunSpec:
@@ -280,8 +299,8 @@ def _open(spec: RunSpec, overwrite: bool) -> Path:
     return root
 
 
-def _planned(rung: Rung, spec: RunSpec, base: str, shots: int) -> RungResult:
-    why = skip_reason(rung, spec, base) or ("no examples to show (shots: 0)" if rung.shots and shots < 1 else "")
+def _planned(rung: Rung, spec: RunSpec, base: str, shots: int, memory: dict[str, Any]) -> RungResult:
+    why = skip_reason(rung, spec, base, memory) or ("no examples to show (shots: 0)" if rung.shots and shots < 1 else "")
     return RungResult(rung.name, rung.kind, rung.method, status=SKIPPED if why else PENDING, why=why)
 
 
