@@ -59,7 +59,7 @@ def test_the_ladder_climbs_and_its_winner_is_a_run_directory(climbed: tuple[Path
     assert result.exit_code == 0, result.output[-3000:]
     rows = _rows(folder)
     assert list(rows) == ["zero-shot", "few-shot", "lora", "full"]
-    assert rows["few-shot"]["status"] == "skipped" and "no method 'setfit'" in rows["few-shot"]["why"]
+    assert rows["few-shot"]["status"] == "skipped" and "needs a sentence-encoder base" in rows["few-shot"]["why"]
     zero, lora, full = rows["zero-shot"], rows["lora"], rows["full"]
     assert zero["status"] == "measured" and zero["run_dir"] == lora["run_dir"] and "baseline" in zero["why"]
     assert lora["status"] == "completed" and lora["gain"] == pytest.approx(lora["metric"] - zero["metric"])
@@ -114,7 +114,9 @@ def test_a_gain_below_the_threshold_stops_the_ladder_and_exit_3_says_no_rung_bea
     assert result.exit_code == 3, result.output[-3000:]
     rows = _rows(tmp_path / "runs" / "flat")
     assert rows["zero-shot"]["metric"] == 1.0
-    assert rows["lora"]["status"] == "not-promoted" and rows["lora"]["gain"] <= 0
+    # both perfect on validation: the run's own gate promotes it as no worse (evaluate/gate.py), but the ladder
+    # wants a gain over zero-shot, and there is none to have
+    assert rows["lora"]["status"] in ("completed", "not-promoted") and rows["lora"]["gain"] <= 0
     assert rows["full"]["status"] == "not-run"
     assert rows["full"]["why"].startswith("stopped: lora gained") and "below min_gain 0.005" in rows["full"]["why"]
     assert "no trained rung beats zero-shot" in result.output

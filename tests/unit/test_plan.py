@@ -127,11 +127,13 @@ def test_methods_table_marks_methods_that_do_not_fit_a_tiny_memory(small_spec: P
 
     spec = load_spec(small_spec)
     tiny = plan(spec, gpu_memory=1 * 2**20, probe=False)
-    assert [r.method for r in tiny.methods] == ["full", "lora"]  # every method the task allows
+    assert [r.method for r in tiny.methods] == ["full", "lora", "setfit"]  # every method the task allows
     assert all(not r.fits and r.largest_batch == 0 for r in tiny.methods)
     roomy = plan(spec, gpu_memory=64 * 2**30, probe=False)
-    assert all(r.fits and r.largest_batch >= spec.training.batch_size for r in roomy.methods)
-    full, lora = roomy.methods
+    full, lora, setfit = roomy.methods
+    assert all(r.fits and r.largest_batch >= spec.training.batch_size for r in (full, lora))
+    # the tiny BERT is no sentence encoder: SetFit is refused by its own check, as fine_tune would refuse it
+    assert not setfit.fits and setfit.note.startswith("not applicable:") and "sentence" in setfit.note
     assert lora.trainable_params < full.trainable_params and lora.memory["optimizer"] < full.memory["optimizer"]
     assert roomy.probe is None and roomy.time is None and roomy.energy is None  # --no-probe reads no weights
 

@@ -104,7 +104,9 @@ def _storage_round_trip(spec, url: str) -> None:
     stale = study.ask()  # then "killed": no heartbeat ever comes
     lr = stale.suggest_float("learning_rate", 1e-5, 1e-3, log=True)
     study._storage.record_heartbeat(stale._trial_id)
-    time.sleep(2.5)  # grace period: 2 x heartbeat_seconds (1)
+    # grace period: 2 x heartbeat_seconds (1); SQLite's clock in the stale query counts whole seconds, so wait
+    # a full second beyond it (2.5 s failed now and then)
+    time.sleep(3.5)
     optuna.storages.fail_stale_trials(study)
     again = open_study(spec, url, "s")
     states = [t.state.name for t in again.get_trials()]

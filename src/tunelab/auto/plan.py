@@ -89,6 +89,10 @@ def plan(spec: RunSpec, gpu_memory: int | None = None, probe_batches: int = 3, p
     for method in type(spec).RULES.methods:
         variant = spec.model_copy(deep=True)
         variant.model.method = method
+        refused = _refused(variant, base)
+        if refused and method != spec.model.method:  # e.g. setfit on a base that is no sentence encoder
+            rows.append(MethodFit(method, None, None, False, 0, None, f"not applicable: {refused}"))
+            continue
         task = _task(task_cls, variant, labels, base)
         model = task.empty_model(base, device)  # loads the tokenizer of tasks whose model brings it
         if train is None:
@@ -111,6 +115,18 @@ def plan(spec: RunSpec, gpu_memory: int | None = None, probe_batches: int = 3, p
         batches = len(own_task.train_loader(train, spec)[0])
         result.time, result.energy = extrapolate(result.probe, spec, batches, len(validation or []))
     return result
+
+
+def _refused(spec: RunSpec, base: str) -> str:
+    """Why SPEC's method cannot train this base ('' when it can): the method registry's own check, the one
+    `fine_tune` runs before any work."""
+    from tunelab.train import methods
+
+    try:
+        methods.for_spec(spec).check(spec, base)
+    except (ValueError, RuntimeError) as err:
+        return str(err)
+    return ""
 
 
 def _task(task_cls: Any, spec: RunSpec, labels: list[str] | None, base: str) -> Any:
