@@ -14,6 +14,8 @@ Data (../shared/datasets, not shipped with the project):
   amazon    Amazon reviews binary sentiment, 2,000 random train reviews (balanced)
 
 Run:  python benchmarks/defaults.py [--sets fpb,unfair] [--arms lr,weights] [--out benchmarks/results/defaults.json]
+(the development run: `--sets fpb --arms lr`, then `--sets unfair --arms weights`; the shared data sets are looked
+for in ../shared/datasets, or where TUNELAB_SHARED_DATASETS points)
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+SHARED = Path(os.environ.get("TUNELAB_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 LR_GRID = {"full": (2e-5, 5e-5, 1e-4), "lora": (2e-4, 5e-4, 1e-3)}  # old default, between, new default (narrow)
+DEFAULT_NARROW = {"full": 1e-4, "lora": 1e-3}  # what tunelab chooses for MiniLM (hidden 384)
 
 
 def _write_csv(rows: list[tuple[str, str]], path: Path) -> str:
@@ -107,8 +110,9 @@ def main() -> None:
             arms: list[tuple[str, float | None, str | None]] = []
             if "lr" in args.arms:
                 arms += [(m, lr, "none") for m in args.methods.split(",") for lr in LR_GRID[m]]
-            if "weights" in args.arms:
-                arms += [(m, None, "auto") for m in args.methods.split(",")]
+            if "weights" in args.arms:  # at the default learning rate: weights off, then on
+                arms += [(m, None, w) for m in args.methods.split(",") for w in ("none", "auto")
+                         if not (w == "none" and "lr" in args.arms and LR_GRID[m][-1] == DEFAULT_NARROW[m])]
             for method, lr, weights in arms:
                 row = run_arm(data, minority, method, lr, weights, folder / "runs", f"{set_name}-{method}")
                 row = {"set": set_name, **row}

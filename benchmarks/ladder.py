@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-FPB = Path(__file__).resolve().parents[2] / "shared/datasets/financial_phrasebank/fpb_allagree.csv"
+FPB = Path(os.environ.get("TUNELAB_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets")) \
+    / "financial_phrasebank" / "fpb_allagree.csv"
 
 
 def main() -> None:

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-FPB = Path(__file__).resolve().parents[2] / "shared/datasets/financial_phrasebank/fpb_allagree.csv"
+FPB = Path(os.environ.get("TUNELAB_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets")) \
+    / "financial_phrasebank" / "fpb_allagree.csv"
 GRID = {"learning_rate": (2e-5, 5e-5, 1e-4, 2e-4), "epochs": (2, 3, 4), "batch_size": (8, 16, 32)}
 
 

@@ -147,6 +147,7 @@ def auto(spec: RunSpec, budget: str | float = DEFAULT_BUDGET, *, min_gain: float
     """Climb SPEC's ladder within BUDGET (seconds or a duration like "30m") and leave the ladder table
     (auto.json, auto.md, auto.html) and a WINNER pointer in <output.dir>/<name>. SHOTS: the k of the
     in-context rung; MIN_GAIN: the smallest validation gain that pays for the next rung."""
+    memory = memory_fits(spec, say)  # before the clock: seconds of reading configs and data, no training
     total, clock = duration_seconds(budget), time.monotonic()
     root = _open(spec, overwrite)
     metric = ladder_metric(spec)
@@ -154,7 +155,6 @@ def auto(spec: RunSpec, budget: str | float = DEFAULT_BUDGET, *, min_gain: float
                         [], ladder=[asdict(r) for r in LADDERS[spec.family]])
     ladder = LADDERS[spec.family]
     base = resolve_base(spec)
-    memory = memory_fits(spec, say)
     result.rungs = [_planned(rung, spec, base, shots, memory) for rung in ladder]
     _score_prompted(spec, ladder, result, force, say)
     stop_why = ""
