@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--arms", default="lr,weights", help="lr: the learning-rate grid; weights: class weights off/on")
     ap.add_argument("--methods", default="full,lora")
     ap.add_argument("--out", default="benchmarks/results/defaults.json")
+    ap.add_argument("--rates", default=None, help="only these learning rates of the grid, e.g. 2e-4,1e-3")
     args = ap.parse_args()
     out_path = Path(args.out)
     results: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
@@ -109,7 +110,9 @@ def main() -> None:
             rows = results.setdefault(set_name, [])
             arms: list[tuple[str, float | None, str | None]] = []
             if "lr" in args.arms:
-                arms += [(m, lr, "none") for m in args.methods.split(",") for lr in LR_GRID[m]]
+                keep = {float(x) for x in args.rates.split(",")} if args.rates else None
+                arms += [(m, lr, "none") for m in args.methods.split(",") for lr in LR_GRID[m]
+                         if keep is None or lr in keep]
             if "weights" in args.arms:  # at the default learning rate: weights off, then on
                 arms += [(m, None, w) for m in args.methods.split(",") for w in ("none", "auto")
                          if not (w == "none" and "lr" in args.arms and LR_GRID[m][-1] == DEFAULT_NARROW[m])]
