@@ -138,3 +138,19 @@ def _accelerator():
     from accelerate import Accelerator
 
     return Accelerator(cpu=True)
+
+
+def test_time_limit_ends_setfit_body_training_after_the_step_under_way(setfit_spec: dict) -> None:
+    """training.time_limit holds for SetFit too (the ladder's few-shot rung relies on it): the pair batches
+    stop after the first step past the limit, the head is fitted on that body, and the run records why."""
+    import json
+
+    from tunelab import fine_tune
+
+    spec = {**setfit_spec, "name": "setfit-limited", "model": {**setfit_spec["model"], "setfit": {"iterations": 8}},
+            "training": {**setfit_spec["training"], "time_limit": 0.001}}
+    run = fine_tune(parse_spec(spec))
+    assert run.state.stop_reason == "time-limit" and run.state.global_step == 1
+    history = json.loads((run.dir / "history.json").read_text())["epochs"]
+    assert history[0]["partial"] and history[0]["batches"] == 1
+    assert json.loads((run.dir / "evaluation.json").read_text())["stop_reason"] == "time-limit"

@@ -108,7 +108,7 @@ def train_setfit(job: TrainJob) -> tuple[SentenceClassifier, TrainState]:
     from transformers import set_seed
 
     from tunelab.fewshot.model import from_encoder
-    from tunelab.train.loop import TrainState
+    from tunelab.train.loop import TIME_LIMIT, TrainState
     from tunelab.train.methods import MethodUnavailable
 
     spec, task, accelerator = job.spec, job.task, job.accelerator
@@ -130,6 +130,7 @@ def train_setfit(job: TrainJob) -> tuple[SentenceClassifier, TrainState]:
         trainer = Trainer(model=setfit_model, args=setfit_arguments(spec, scratch, accelerator.is_main_process),
                           train_dataset=Dataset.from_dict({"text": texts, "label": ids}))
         quiet_logs(trainer.st_trainer)
+        limit = stop_at_time_limit(trainer.st_trainer, spec.training.time_limit)
         trainer.train()
     train_seconds = time.perf_counter() - started
     losses = [[int(row["step"]), float(row["embedding_loss"])] for row in trainer.st_trainer.state.log_history
@@ -151,7 +152,33 @@ def train_setfit(job: TrainJob) -> tuple[SentenceClassifier, TrainState]:
     accelerator.print(f"setfit: embedding loss {row['train_loss']:.4f}  val {metric} {val[metric]:.4f}")
     state = TrainState(epoch=1, global_step=losses[-1][0] if losses else 0, best_metric=val[metric], best_epoch=1,
                        history=[row], step_losses=losses)
+    if limit["hit"]:
+        state.stop_reason, state.stopped_early = TIME_LIMIT, True
+        row.update(partial=True, batches=state.global_step)
+        accelerator.print(f"time limit: SetFit's body training stopped after {spec.training.time_limit:g} s "
+                          f"(training.time_limit), at pair batch {state.global_step}; the head was fitted on it")
     return model, state
+
+
+def stop_at_time_limit(trainer: Any, seconds: float | None) -> dict[str, bool]:
+    """Honour training.time_limit in SetFit's contrastive body training (the long part: every pair batch):
+    a transformers callback ends training after the step under way once the limit has passed, as tunelab's
+    loop does. Returns a flag that says whether it fired."""
+    from transformers import TrainerCallback
+
+    fired = {"hit": False}
+    if not seconds:
+        return fired
+    deadline = time.monotonic() + seconds
+
+    class TimeLimit(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if time.monotonic() >= deadline:
+                control.should_training_stop = fired["hit"] = True
+            return control
+
+    trainer.add_callback(TimeLimit())
+    return fired
 
 
 def quiet_logs(trainer: Any) -> None:
