@@ -21,48 +21,30 @@ for in ../shared/datasets, or where TUNELAB_SHARED_DATASETS points)
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from shared_sets import machine, read_set, write_csv
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-SHARED = Path(os.environ.get("TUNELAB_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 LR_GRID = {"full": (2e-5, 5e-5, 1e-4), "lora": (2e-4, 5e-4, 1e-3)}  # old default, between, new default (narrow)
 DEFAULT_NARROW = {"full": 1e-4, "lora": 1e-3}  # what tunelab chooses for MiniLM (hidden 384)
 
 
-def _write_csv(rows: list[tuple[str, str]], path: Path) -> str:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows(rows)
-    return str(path)
-
-
 def load_set(name: str, folder: Path) -> tuple[str, str]:
-    """(csv path, minority label) of one shared set, written as text,label."""
+    """(csv path, minority label) of one shared set, written as text,label (unfair and amazon: a seeded sample)."""
     rng = random.Random(0)
-    if name == "fpb":
-        with (SHARED / "financial_phrasebank/fpb_allagree.csv").open(encoding="utf-8") as f:
-            rows = [(r["sentence"], r["label"]) for r in csv.DictReader(f)]
-        return _write_csv(rows, folder / "fpb.csv"), "negative"
+    rows = read_set(name)
     if name == "unfair":
-        lines = (SHARED / "legal_unfair_tos/unfair_tos_en.jsonl").read_text(encoding="utf-8").splitlines()
-        rows = [(r["text"], "unfair" if r["unfair"] else "fair") for r in map(json.loads, lines)]
-        return _write_csv(rng.sample(rows, 3000), folder / "unfair.csv"), "unfair"
-    if name == "amazon":
-        lines = (SHARED / "sentiment_amazon_reviews/amazon_train.jsonl").read_text(encoding="utf-8").splitlines()
-        recs = [json.loads(x) for x in lines]
-        rows = [(r.get("text") or r.get("review") or r.get("sentence"), str(r["label"])) for r in recs]
-        return _write_csv(rng.sample(rows, 2000), folder / "amazon.csv"), "0"
-    raise SystemExit(f"unknown set {name}")
+        rows = rng.sample(rows, 3000)
+    elif name == "amazon":
+        rows = rng.sample(rows, 2000)
+    return write_csv(rows, folder / f"{name}.csv"), {"fpb": "negative", "unfair": "unfair", "amazon": "0"}[name]
 
 
 def run_arm(data: str, minority: str, method: str, lr: float | None, weights: str | None, out: Path,
@@ -102,7 +84,7 @@ def main() -> None:
     args = ap.parse_args()
     out_path = Path(args.out)
     results: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
-    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    results["machine"] = machine()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for set_name in args.sets.split(","):

@@ -20,42 +20,19 @@ Run:  python benchmarks/fewshot.py [--sets fpb,amazon,unfair] [--shots 8,16,32] 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
 import random
 import statistics
-import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from shared_sets import machine, read_set, write_csv
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-SHARED = Path(os.environ.get("TUNELAB_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 VAL_PER_CLASS, TEST_PER_CLASS = 40, 100
-
-
-def read_set(name: str) -> list[tuple[str, str]]:
-    if name == "fpb":
-        with (SHARED / "financial_phrasebank/fpb_allagree.csv").open(encoding="utf-8") as f:
-            return [(r["sentence"], r["label"]) for r in csv.DictReader(f)]
-    if name == "amazon":
-        lines = (SHARED / "sentiment_amazon_reviews/amazon_train.jsonl").read_text(encoding="utf-8").splitlines()
-        return [(r.get("text") or r.get("review") or r.get("sentence"), str(r["label"])) for r in map(json.loads, lines)]
-    if name == "unfair":
-        lines = (SHARED / "legal_unfair_tos/unfair_tos_en.jsonl").read_text(encoding="utf-8").splitlines()
-        return [(r["text"], "unfair" if r["unfair"] else "fair") for r in map(json.loads, lines)]
-    raise SystemExit(f"unknown set {name}")
-
-
-def write(rows: list[tuple[str, str]], path: Path) -> str:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows(rows)
-    return str(path)
 
 
 def draw(rows: list[tuple[str, str]], seed: int, shots: list[int], folder: Path) -> dict[str, str]:
@@ -74,10 +51,10 @@ def draw(rows: list[tuple[str, str]], seed: int, shots: list[int], folder: Path)
         val += items[:VAL_PER_CLASS]
         test += items[VAL_PER_CLASS:VAL_PER_CLASS + TEST_PER_CLASS]
         rest[label] = items[VAL_PER_CLASS + TEST_PER_CLASS:]
-    files["validation"] = write(val, folder / f"val-{seed}.csv")
-    files["test"] = write(test, folder / f"test-{seed}.csv")
+    files["validation"] = write_csv(val, folder / f"val-{seed}.csv")
+    files["test"] = write_csv(test, folder / f"test-{seed}.csv")
     for n in shots:
-        files[f"train_{n}"] = write([r for items in rest.values() for r in items[:n]], folder / f"train-{seed}-{n}.csv")
+        files[f"train_{n}"] = write_csv([r for items in rest.values() for r in items[:n]], folder / f"train-{seed}-{n}.csv")
     return files
 
 
@@ -110,7 +87,7 @@ def main() -> None:
     shots = [int(x) for x in args.shots.split(",")]
     out_path = Path(args.out)
     results: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {"rows": []}
-    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    results["machine"] = machine()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for set_name in args.sets.split(","):

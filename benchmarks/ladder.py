@@ -13,19 +13,16 @@ Run:  python benchmarks/ladder.py [--budget 20m] [--out benchmarks/results/ladde
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from shared_sets import machine, read_set, write_csv
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-FPB = Path(os.environ.get("TUNELAB_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets")) \
-    / "financial_phrasebank" / "fpb_allagree.csv"
 
 
 def main() -> None:
@@ -40,11 +37,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        data = folder / "fpb.csv"
-        with FPB.open(encoding="utf-8") as f, data.open("w", newline="") as g:
-            w = csv.writer(g)
-            w.writerow(["text", "label"])
-            w.writerows((r["sentence"], r["label"]) for r in csv.DictReader(f))
+        data = write_csv(read_set("fpb"), folder / "fpb.csv")
         spec = parse_spec({"name": "fpb-auto", "task": "text-classification", "model": {"base": "minilm"},
                            "data": {"train": str(data), "limit": args.rows, "max_length": 64,
                                     "split": {"validation": 0.2, "test": 0.3}},
@@ -68,7 +61,7 @@ def main() -> None:
         grid = json.loads(ref_path.read_text()).get("grid")
         if grid:
             reference = {"selected": grid["selected"], "grid_seconds": grid["seconds"]}
-    out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+    out = {"machine": machine(),
            "budget": args.budget, "wall_seconds": round(wall, 1), "rungs": rows, "verdict": result.verdict,
            "winner": winner, "hand_tuned": reference}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

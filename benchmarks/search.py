@@ -18,21 +18,18 @@ Run:  python benchmarks/search.py [--out benchmarks/results/search.json] [--rows
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from shared_sets import machine, read_set, write_csv
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-FPB = Path(os.environ.get("TUNELAB_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets")) \
-    / "financial_phrasebank" / "fpb_allagree.csv"
 GRID = {"learning_rate": (2e-5, 5e-5, 1e-4, 2e-4), "epochs": (2, 3, 4), "batch_size": (8, 16, 32)}
 
 
@@ -100,14 +97,10 @@ def main() -> None:
     args = ap.parse_args()
     out_path = Path(args.out)
     results: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
-    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    results["machine"] = machine()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        data = folder / "fpb.csv"
-        with FPB.open(encoding="utf-8") as f, data.open("w", newline="") as g:
-            w = csv.writer(g)
-            w.writerow(["text", "label"])
-            w.writerows((r["sentence"], r["label"]) for r in csv.DictReader(f))
+        data = write_csv(read_set("fpb"), folder / "fpb.csv")
         spec_data = base_spec(str(data), folder, args.rows)
         for arm in args.arms.split(","):
             results[arm] = run_search(spec_data, folder) if arm == "search" else run_grid(spec_data, folder)

@@ -23,6 +23,7 @@ class SpecError(ValueError):
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(d|h|min|m|s)")
+_SECONDS = re.compile(r"\d+(?:\.\d+)?")
 _DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0}
 
 
@@ -37,10 +38,8 @@ def duration_seconds(value: Any, where: str = "duration") -> float | None:
     if isinstance(value, (int, float)):
         return float(value)
     text = str(value).strip().lower().replace(" ", "")
-    try:
+    if _SECONDS.fullmatch(text):  # plain seconds: "90", "1.5"
         return float(text)
-    except ValueError:
-        pass
     parts = _DURATION_PART.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise SpecError(f"{where} '{value}': not a duration; write seconds (90) or e.g. 45s, 10m, 1h30m")
