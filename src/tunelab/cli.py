@@ -159,6 +159,9 @@ def auto_ladder(spec: Path = typer.Argument(..., help="Run spec (YAML): task, ba
                                                "that lets the ladder climb on (0.005: half a point of a 0-1 metric)."),
                 shots: int = typer.Option(3, help="Chat/completion: training examples shown in each prompt of the "
                                           "in-context rung."),
+                rung_trials: int = typer.Option(3, min=1, help="Most learning rates a LoRA or full rung tries when "
+                                                "its share of the budget has room (the first, then 3x, 1/3x); "
+                                                "1: no search."),
                 name: Optional[str] = typer.Option(None, help="Ladder name; overrides the spec's."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing ladder folder."),
                 force: bool = typer.Option(False, "--force", help="Train despite data errors (recorded in the report).")
@@ -178,8 +181,8 @@ def auto_ladder(spec: Path = typer.Argument(..., help="Run spec (YAML): task, ba
     from tunelab.auto.ladder import auto
     from tunelab.reports.ladder_report import COLUMNS, ladder_rows
 
-    result = auto(run_spec, seconds, min_gain=min_gain, shots=shots, force=force, overwrite=overwrite,
-                  say=lambda line: err.print(escape(line), highlight=False))
+    result = auto(run_spec, seconds, min_gain=min_gain, shots=shots, rung_trials=rung_trials, force=force,
+                  overwrite=overwrite, say=lambda line: err.print(escape(line), highlight=False))
     record = json.loads((result.dir / "auto.json").read_text())
     table = Table(title=f"the ladder: validation {result.metric} (budget {seconds:.0f} s, used {result.elapsed_s:.0f} s)")
     for col in COLUMNS[:-1]:  # the why column is printed below the table, where it has room

@@ -19,7 +19,7 @@ from tunelab.cli import app
 from tunelab.spec import load_spec
 
 LADDER_ROW_FIELDS = {"rung", "kind", "method", "status", "metric", "gain", "seconds", "energy_kwh", "co2_kg",
-                     "run_dir", "time_limit", "stop_reason", "why"}
+                     "run_dir", "time_limit", "stop_reason", "why", "trials"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -65,19 +65,39 @@ def test_the_ladder_climbs_and_its_winner_is_a_run_directory(climbed: tuple[Path
     assert lora["status"] == "completed" and lora["gain"] == pytest.approx(lora["metric"] - zero["metric"])
     assert lora["gain"] >= 0.005  # it paid, so the ladder climbed on to full
     assert full["status"] in ("completed", "not-promoted") and full["metric"] is not None
-    for row in (lora, full):  # time and energy are the rung's own run's
-        status = json.loads((Path(row["run_dir"]) / "run.json").read_text())
-        assert row["seconds"] == pytest.approx(status["finished"] - status["started"])
-        assert row["energy_kwh"] == status["energy"]["energy_kwh"] > 0 and row["co2_kg"] > 0
-        assert 0 < row["time_limit"] < 600 and status["stop_reason"] is None  # each rung finished its epochs
+    for row in (lora, full):  # a small learning-rate search had room: the first rate, 3x, 1/3x, each its own run
+        trials = row["trials"]
+        assert [t["name"] for t in trials][0] == row["rung"] and len(trials) == 3, row["why"]
+        first = trials[0]["learning_rate"]
+        assert [t["learning_rate"] for t in trials] == pytest.approx([first, 3 * first, first / 3])
+        statuses = []
+        for t in trials:
+            run_spec = load_spec(Path(t["run_dir"]) / "spec.yaml")
+            assert run_spec.training.learning_rate == pytest.approx(t["learning_rate"])
+            assert run_spec.model.method == row["method"] and Path(t["run_dir"]).parent == folder / "rungs"
+            statuses.append(json.loads((Path(t["run_dir"]) / "run.json").read_text()))
+        chosen = json.loads((Path(trials[0]["run_dir"]) / "evaluation.json").read_text())["defaults"]
+        assert chosen["learning_rate"]["value"] == first  # the first trial runs at the default for the width
+        # time and energy are the sum of the rung's own runs'; the row is the best trial's
+        assert row["seconds"] == pytest.approx(sum(s["finished"] - s["started"] for s in statuses))
+        assert row["energy_kwh"] == pytest.approx(sum(s["energy"]["energy_kwh"] for s in statuses))
+        assert row["energy_kwh"] > 0
+        assert row["co2_kg"] > 0 and all(s["stop_reason"] is None for s in statuses)  # each trial finished its epochs
+        promoted = [t for t in trials if t["status"] == "completed"] or trials
+        best = max(promoted, key=lambda t: t["metric"])
+        assert row["metric"] == best["metric"] and row["run_dir"] == best["run_dir"]
+        assert "learning-rate search, 3 trials" in row["why"]
+        assert 0 < row["time_limit"] < 600
     record = json.loads((folder / "auto.json").read_text())
     winner = Path(record["winner_dir"])
-    assert record["winner"] in ("lora", "full") and winner == folder / "rungs" / record["winner"]
+    assert record["winner"] in ("lora", "full") and winner == Path(rows[record["winner"]]["run_dir"])
     assert (folder / "WINNER").read_text().strip() == str(winner)
     assert f"winner run directory: {winner}" in result.output.replace("\n", "")
     html = (folder / "auto.html").read_text()
     assert 'id="ladder"' in html and "data:image/png;base64" in html and "(winner)" in html
-    assert "| lora | lora |" in (folder / "auto.md").read_text()
+    assert 'id="trials"' in html and "(kept)" in html
+    markdown = (folder / "auto.md").read_text()
+    assert "| lora | lora |" in markdown and "## The learning-rate search inside the rungs" in markdown
 
     # an ordinary run directory: the run's spec and model load, and `tunelab evaluate` scores it
     from tunelab.evaluate.run import evaluate_run
@@ -110,13 +130,14 @@ def test_a_gain_below_the_threshold_stops_the_ladder_and_exit_3_says_no_rung_bea
     spec = write_spec(tmp_path / "flat.yaml", tiny_assets, model={"method": "lora"},
                       data=_unbeatable_data(tmp_path, tiny_assets), training={"epochs": 1},
                       evaluation={"metric": "accuracy"})
-    result = tunelab("auto", str(spec), "--budget", "10m")
+    result = tunelab("auto", str(spec), "--budget", "10m", "--rung-trials", "1")
     assert result.exit_code == 3, result.output[-3000:]
     rows = _rows(tmp_path / "runs" / "flat")
     assert rows["zero-shot"]["metric"] == 1.0
     # both perfect on validation: the run's own gate promotes it as no worse (evaluate/gate.py), but the ladder
     # wants a gain over zero-shot, and there is none to have
     assert rows["lora"]["status"] in ("completed", "not-promoted") and rows["lora"]["gain"] <= 0
+    assert len(rows["lora"]["trials"]) == 1 and "learning-rate search" not in rows["lora"]["why"]  # --rung-trials 1
     assert rows["full"]["status"] == "not-run"
     assert rows["full"]["why"].startswith("stopped: lora gained") and "below min_gain 0.005" in rows["full"]["why"]
     assert "no trained rung beats zero-shot" in result.output
@@ -139,6 +160,7 @@ def test_a_spent_budget_stops_the_ladder(tiny_assets: dict, tmp_path: Path) -> N
     lora = rows["lora"]
     assert 0 < lora.time_limit < 0.01 and lora.stop_reason == "time-limit"  # recorded by the recipe in run.json
     assert lora.status in ("completed", "not-promoted") and "training stopped early: time-limit" in lora.why
+    assert len(lora.trials) == 1 and "no room for another learning rate" in lora.why  # the share is spent
     assert json.loads((Path(lora.run_dir) / "evaluation.json").read_text())["stop_reason"] == "time-limit"
     assert rows["full"].status == "not-run" and rows["full"].why == "the budget is spent"
     assert result.elapsed_s > result.budget_s
@@ -179,7 +201,7 @@ def test_the_generative_ladder_prompts_with_examples_then_trains(tiny_llm: dict,
                                                                            "max_length": 256},
         "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-2},
         "evaluation": {"generation": {"prompts": 4, "max_new_tokens": 8}}, "output": {"dir": str(tmp_path / "runs")}}))
-    result = ladder_module.auto(load_spec(spec_file), "10m", min_gain=10.0, say=lambda line: None)
+    result = ladder_module.auto(load_spec(spec_file), "10m", min_gain=10.0, rung_trials=1, say=lambda line: None)
     assert result.metric == "rouge_l"
     rows = {r.rung: r for r in result.rungs}
     assert list(rows) == ["zero-shot", "in-context", "lora", "full"]

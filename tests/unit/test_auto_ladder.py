@@ -15,7 +15,7 @@ from tunelab.auto import ladder
 from tunelab.auto.ladder import (CLASSIFIER_LADDER, COMPLETED, GENERATIVE_LADDER, MEASURED, NOT_PROMOTED, TRAINED,
                                  RungResult, choose_winner, rung_spec, skip_reason)
 from tunelab.lm.few_shot import draw_shots, fitted, joined_ids, with_shots
-from tunelab.reports.ladder_report import COLUMNS, ladder_markdown, ladder_rows
+from tunelab.reports.ladder_report import COLUMNS, TRIAL_COLUMNS, ladder_markdown, ladder_rows, trial_rows
 from tunelab.spec import SpecError, parse_spec
 from tunelab.spec.schema import TaskRules, duration_seconds
 from tunelab.tasks import get_task
@@ -91,6 +91,9 @@ def test_a_rung_spec_is_the_spec_with_the_rungs_method_folder_and_limit(tmp_path
     assert full.training.learning_rate == pytest.approx(1e-3 * 2e-5 / 2e-4)  # scaled by the methods' defaults
     assert full.training.time_limit == 50.0  # the spec's own limit is shorter than the rung's share
     assert full.evaluation.baseline is True
+    trial = rung_spec(spec, RUNG["full"], tmp_path / "ladder", "macro_f1", 120.0, name="full-lr3e-04",
+                      learning_rate=3e-4)  # a search trial: its own folder, the rate as given
+    assert trial.run_dir() == tmp_path / "ladder" / "rungs" / "full-lr3e-04" and trial.training.learning_rate == 3e-4
     default_rates = rung_spec(_spec(), RUNG["lora"], tmp_path, "macro_f1", 30.0)
     assert default_rates.training.learning_rate is None and default_rates.learning_rate == 2e-4
     assert default_rates.training.time_limit == 30.0
@@ -126,7 +129,9 @@ def test_the_next_rung_must_fit_the_time_left() -> None:
     rows = [_row("zero-shot", "baseline", 0.5, MEASURED), _row("few-shot", TRAINED, None, "skipped"),
             _row("lora", TRAINED, 0.8, seconds=40.0), _row("full", TRAINED, None, "pending")]
     why = ladder._no_room(RUNG["full"], CLASSIFIER_LADDER, rows, left=60.0)
-    assert why == "the budget cannot fit full: about 80 s (lora's 40 s x cost 2), 60 s left"
+    assert why == "the budget cannot fit full: about 80 s (lora's 40 s a trial x cost 2), 60 s left"
+    assert ladder._no_room(RUNG["full"], CLASSIFIER_LADDER, rows, left=100.0) == ""
+    rows[2].seconds, rows[2].trials = 120.0, [{}, {}, {}]  # a searched rung: the next one needs one trial's time
     assert ladder._no_room(RUNG["full"], CLASSIFIER_LADDER, rows, left=100.0) == ""
     assert ladder._no_room(RUNG["lora"], CLASSIFIER_LADDER, rows[:2] + [_row("lora", TRAINED, None, "pending")],
                            left=-1.0) == "the budget is spent"
@@ -155,6 +160,43 @@ def test_the_table_has_every_field() -> None:
     assert table[1] == ["lora", "lora", "0.8000", "+0.3000", "12.5", "1.00e-05", "4.75e-06", "completed (winner)", ""]
     assert len(COLUMNS) == len(table[0]) == 9
     assert "| zero-shot | – | 0.5000 | – |" in ladder_markdown(record)
+
+
+def _trial(name: str, lr: float, metric: float | None, status: str = COMPLETED, seconds: float = 10.0) -> dict:
+    return {"name": name, "learning_rate": lr, "metric": metric, "status": status, "seconds": seconds,
+            "energy": {"energy_kwh": 1e-5, "co2_kg": 2e-6, "method": "estimate"}, "stop_reason": None,
+            "run_dir": f"runs/x/rungs/{name}"}
+
+
+def test_a_searched_rung_keeps_its_best_promoted_trial_and_sums_its_cost() -> None:
+    row = _row("lora", TRAINED, None)
+    row.trials = [_trial("lora", 1e-3, 0.80), _trial("lora-lr3e-03", 3e-3, 0.90, NOT_PROMOTED),
+                  _trial("lora-lr3e-04", 3.3e-4, 0.85)]
+    ladder._keep_best_trial(row, lower_is_better=False, search_note="")
+    assert row.metric == 0.85 and row.run_dir == "runs/x/rungs/lora-lr3e-04" and row.status == COMPLETED
+    assert row.seconds == 30.0 and row.energy_kwh == pytest.approx(3e-5) and row.energy_method == "estimate"
+    assert "learning-rate search, 3 trials (1.0e-03: 0.8000, 3.0e-03: 0.9000, 3.3e-04: 0.8500); kept 3.3e-04" in row.why
+    lonely = _row("full", TRAINED, None)  # none promoted: the best of them, and its status says so
+    lonely.trials = [_trial("full", 1e-4, 0.4, NOT_PROMOTED), _trial("full-lr3e-04", 3e-4, 0.5, NOT_PROMOTED)]
+    ladder._keep_best_trial(lonely, lower_is_better=False, search_note="no room for another learning rate: x")
+    assert lonely.metric == 0.5 and lonely.status == NOT_PROMOTED and "not-promoted" in lonely.why
+    assert lonely.why.endswith("no room for another learning rate: x")
+    loss = _row("lora", TRAINED, None)  # lower is better
+    loss.trials = [_trial("lora", 1e-3, 2.0), _trial("lora-lr3e-03", 3e-3, 1.5)]
+    ladder._keep_best_trial(loss, lower_is_better=True, search_note="")
+    assert loss.metric == 1.5
+    record = {"rungs": [vars(row), vars(lonely), vars(_row("zero-shot", "baseline", 0.5, MEASURED))]}
+    table = trial_rows(record)
+    assert len(table) == 5 and table[2] == ["lora", "lora-lr3e-04", "3.30e-04", "0.8500", "10.0", "completed (kept)",
+                                            "runs/x/rungs/lora-lr3e-04"]
+    assert len(table[0]) == len(TRIAL_COLUMNS)
+
+
+def test_only_lora_and_full_rungs_search_and_trials_must_be_positive(tmp_path: Path) -> None:
+    assert [r.name for r in CLASSIFIER_LADDER + GENERATIVE_LADDER if r.search] == ["lora", "full", "lora", "full"]
+    assert ladder.LR_STEPS[0] == 1.0 and sorted(ladder.LR_STEPS) == [1 / 3, 1.0, 3.0]
+    with pytest.raises(ValueError, match="rung_trials must be at least 1"):
+        ladder.auto(_spec(), "1m", rung_trials=0)
 
 
 # -- the k-shot prompt builder -----------------------------------------------------------------------------------------

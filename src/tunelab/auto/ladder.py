@@ -17,8 +17,16 @@ scoring and packaging.
 The rule: the ladder climbs only while the validation gain pays for the compute. After a trained rung it
 stops when the rung's validation metric gains less than MIN_GAIN (0.005: half a point of a 0-1 metric)
 over the best rung so far, and before a trained rung it stops when the time left cannot fit it: the
-previous trained rung's seconds times the cost ratio of the two methods. Untrained rungs never end the
-climb (they are cheap measurements, not evidence about training).
+previous trained rung's seconds per trial times the cost ratio of the two methods. Untrained rungs never end
+the climb (they are cheap measurements, not evidence about training).
+
+A small search inside a rung, where it fits: the learning rate is the setting that decides most (the defaults
+benchmark in docs/benchmarks.md: LoRA at 2e-4 never learned the smallest class, at 1e-3 it scored 0.93), so a
+LoRA or full rung whose first trial (the default rate, or the spec's) leaves room in its share for another trial
+of the same cost trains again at 3x and then 1/3x that rate, each a child run directory of its own
+(`rungs/<rung>-lr<rate>`), and keeps the trial with the best validation metric (among those its gate promoted).
+A three-point bracket, not Optuna: with at most three trials TPE has nothing to learn from, and a fixed bracket
+says plainly what was tried; `tunelab tune` is the search for a larger budget. `rung_trials=1` turns it off.
 
 The winner is the trained rung with the best validation metric among those the run's own promotion gate
 passed and that beat the zero-shot rung; it is an ordinary run directory. With none, `auto` says so and
@@ -47,6 +55,8 @@ from tunelab.tasks.base import CAUSAL_LM, CLASSIFY
 
 DEFAULT_BUDGET = "30m"
 DEFAULT_MIN_GAIN = 0.005  # half a point of a metric that runs from 0 to 1
+DEFAULT_RUNG_TRIALS = 3  # trials of a searched rung, room permitting: the rate, then LR_STEPS' other multiples
+LR_STEPS = (1.0, 3.0, 1 / 3)  # the learning rates a searched rung tries, as multiples of its first trial's
 TRAIN_FRACTION = 0.8  # of a rung's share, for training (training.time_limit); the rest: loading, scoring, packaging
 GENERATION_METRIC = "rouge_l"  # generative rungs are judged by answers; the spec's metric when it is one of them
 RUNGS, AUTO_JSON, WINNER = "rungs", "auto.json", "WINNER"
@@ -73,6 +83,7 @@ class Rung:
     cost: float = 0.0
     shots: bool = False
     needs_sentence_encoder: bool = False
+    search: bool = False
     about: str = ""
 
 
@@ -81,14 +92,14 @@ CLASSIFIER_LADDER = (
          "majority class (the task's baseline)"),
     Rung("few-shot", TRAINED, "setfit", share=0.15, cost=0.5, needs_sentence_encoder=True,
          about="SetFit: contrastive tuning of a sentence encoder plus a small head"),
-    Rung("lora", TRAINED, "lora", share=0.35, cost=1.0, about="LoRA adapters on every linear layer"),
-    Rung("full", TRAINED, "full", share=0.50, cost=2.0, about="every weight trained"),
+    Rung("lora", TRAINED, "lora", share=0.35, cost=1.0, search=True, about="LoRA adapters on every linear layer"),
+    Rung("full", TRAINED, "full", share=0.50, cost=2.0, search=True, about="every weight trained"),
 )
 GENERATIVE_LADDER = (
     Rung("zero-shot", PROMPTED, about="the base model as it is"),
     Rung("in-context", PROMPTED, shots=True, about="the base model with k training examples before each prompt"),
-    Rung("lora", TRAINED, "lora", share=0.40, cost=1.0, about="LoRA adapters on every linear layer"),
-    Rung("full", TRAINED, "full", share=0.60, cost=2.0, about="every weight trained"),
+    Rung("lora", TRAINED, "lora", share=0.40, cost=1.0, search=True, about="LoRA adapters on every linear layer"),
+    Rung("full", TRAINED, "full", share=0.60, cost=2.0, search=True, about="every weight trained"),
 )
 LADDERS: dict[str, tuple[Rung, ...]] = {CLASSIFY: CLASSIFIER_LADDER, CAUSAL_LM: GENERATIVE_LADDER}
 
@@ -111,6 +122,7 @@ class RungResult:
     time_limit: float | None = None
     stop_reason: str | None = None  # why its training ended early (early-stopping / time-limit)
     why: str = ""
+    trials: list[dict[str, Any]] = field(default_factory=list)  # a trained rung's runs: one per learning rate tried
 
 
 @dataclass
@@ -124,6 +136,7 @@ class AutoResult:
     min_gain: float
     shots: int
     rungs: list[RungResult]
+    rung_trials: int = DEFAULT_RUNG_TRIALS
     winner: RungResult | None = None
     verdict: str = ""
     elapsed_s: float = 0.0
@@ -142,17 +155,20 @@ class AutoResult:
 
 
 def auto(spec: RunSpec, budget: str | float = DEFAULT_BUDGET, *, min_gain: float = DEFAULT_MIN_GAIN,
-         shots: int = DEFAULT_SHOTS, force: bool = False, overwrite: bool = False,
-         say: Callable[[str], None] = print) -> AutoResult:
+         shots: int = DEFAULT_SHOTS, rung_trials: int = DEFAULT_RUNG_TRIALS, force: bool = False,
+         overwrite: bool = False, say: Callable[[str], None] = print) -> AutoResult:
     """Climb SPEC's ladder within BUDGET (seconds or a duration like "30m") and leave the ladder table
     (auto.json, auto.md, auto.html) and a WINNER pointer in <output.dir>/<name>. SHOTS: the k of the
-    in-context rung; MIN_GAIN: the smallest validation gain that pays for the next rung."""
+    in-context rung; MIN_GAIN: the smallest validation gain that pays for the next rung; RUNG_TRIALS: the most
+    learning rates a LoRA or full rung tries when its share has room (1: no search)."""
+    if rung_trials < 1:
+        raise ValueError(f"rung_trials must be at least 1 (1: one trial per rung, no search), not {rung_trials}")
     memory = memory_fits(spec, say)  # before the clock: seconds of reading configs and data, no training
     total, clock = duration_seconds(budget), time.monotonic()
     root = _open(spec, overwrite)
     metric = ladder_metric(spec)
     result = AutoResult(root, metric, metric in type(spec).RULES.lower_is_better, total, min_gain, shots,
-                        [], ladder=[asdict(r) for r in LADDERS[spec.family]])
+                        [], rung_trials=rung_trials, ladder=[asdict(r) for r in LADDERS[spec.family]])
     ladder = LADDERS[spec.family]
     base = resolve_base(spec)
     result.rungs = [_planned(rung, spec, base, shots, memory) for rung in ladder]
@@ -169,7 +185,7 @@ def auto(spec: RunSpec, budget: str | float = DEFAULT_BUDGET, *, min_gain: float
         left = total - (time.monotonic() - clock)
         row.time_limit = TRAIN_FRACTION * left * rung.share / _shares_from(rung, ladder, result.rungs)
         say(f"rung {rung.name}: {rung.about}; training for at most {row.time_limit:.0f} s of {left:.0f} s left")
-        _train(spec, rung, row, root, metric, force, result.rungs)
+        _train(spec, rung, row, root, metric, force, result, say)
         _update_gains(result.rungs, result.lower_is_better)
         stop_why = _stop_after(row, min_gain)
         say(f"rung {rung.name}: {row.status}, validation {metric} {_fmt(row.metric)} (gain {_fmt(row.gain, '+')})")
@@ -221,17 +237,21 @@ def memory_fits(spec: RunSpec, say: Callable[[str], None]) -> dict[str, Any]:
         return {}
 
 
-def rung_spec(spec: RunSpec, rung: Rung, root: Path, metric: str, time_limit: float | None) -> RunSpec:
-    """SPEC as the trained rung RUNG runs it: its method, in root/rungs/<rung>, judged by the ladder's metric
-    on validation (a generation metric is then scored every epoch), with the baseline scored, within
-    TIME_LIMIT (or the spec's own, when shorter). A learning rate set in the spec is scaled by the ratio of
-    the task's default rates for the two methods (it was chosen for the spec's method: LoRA wants about
-    10x full fine-tuning's); without one, each method gets its default."""
+def rung_spec(spec: RunSpec, rung: Rung, root: Path, metric: str, time_limit: float | None, *,
+              name: str | None = None, learning_rate: float | None = None) -> RunSpec:
+    """SPEC as the trained rung RUNG runs it: its method, in root/rungs/<NAME or rung>, judged by the ladder's
+    metric on validation (a generation metric is then scored every epoch), with the baseline scored, within
+    TIME_LIMIT (or the spec's own, when shorter). LEARNING_RATE, when given (a search trial), is used as it is;
+    else a learning rate set in the spec is scaled by the ratio of the task's default rates for the two methods
+    (it was chosen for the spec's method: LoRA wants about 10x full fine-tuning's); without one, each method
+    gets its default."""
     data = spec.model_dump(mode="json")
-    data["name"], data["output"]["dir"] = rung.name, str(root / RUNGS)
+    data["name"], data["output"]["dir"] = name or rung.name, str(root / RUNGS)
     data["model"]["method"] = rung.method
     rules = type(spec).RULES
-    if spec.training.learning_rate:
+    if learning_rate:
+        data["training"]["learning_rate"] = learning_rate
+    elif spec.training.learning_rate:
         data["training"]["learning_rate"] = (spec.training.learning_rate * rules.learning_rate(rung.method or "")
                                              / rules.learning_rate(spec.model.method or ""))
     limits = [t for t in (spec.training.time_limit, time_limit) if t]
@@ -326,30 +346,89 @@ def _score_prompted(spec: RunSpec, ladder: tuple[Rung, ...], result: AutoResult,
     _update_gains(result.rungs, result.lower_is_better)
 
 
-def _train(spec: RunSpec, rung: Rung, row: RungResult, root: Path, metric: str, force: bool,
-           rows: list[RungResult]) -> None:
-    """Run a trained rung through fine_tune and fill its row (and the zero-shot row from its baseline)."""
-    variant = rung_spec(spec, rung, root, metric, row.time_limit)
-    row.run_dir, row.time_limit = str(variant.run_dir()), variant.training.time_limit
-    try:
-        fine_tune(variant, force=force)
-    except Exception as err:  # a rung that fails ends the climb; with nothing trained before it, the error is the answer
-        if not any(r.kind == TRAINED and r.status in (COMPLETED, NOT_PROMOTED) for r in rows):
-            raise
-        row.status, row.why = FAILED, f"{type(err).__name__}: {err}"
+def _train(spec: RunSpec, rung: Rung, row: RungResult, root: Path, metric: str, force: bool, result: AutoResult,
+           say: Callable[[str], None]) -> None:
+    """Run a trained rung through fine_tune and fill its row (and the zero-shot row from its baseline): one trial,
+    then, for a searched rung with room left in its share, more learning rates (LR_STEPS); the row is the best
+    trial's, its seconds and energy the sum of all of them."""
+    share = (row.time_limit or 0) / TRAIN_FRACTION  # the rung's whole share of the budget: training + the rest
+    start, first_lr, last_cost = time.monotonic(), None, 0.0
+    steps = LR_STEPS[:result.rung_trials] if rung.search else LR_STEPS[:1]
+    search_note = ""
+    for i, step in enumerate(steps):
+        if i:
+            if not first_lr:  # a run without a learning rate of its own: nothing to bracket
+                break
+            left = share - (time.monotonic() - start)
+            if left < last_cost:
+                search_note = (f"no room for another learning rate: a trial took {last_cost:.0f} s, {max(left, 0):.0f} s "
+                               "of the rung's share left")
+                break
+            limit = TRAIN_FRACTION * left
+        else:
+            limit = row.time_limit
+        lr = None if first_lr is None else first_lr * step
+        name = rung.name if i == 0 else f"{rung.name}-lr{lr:.0e}"
+        variant = rung_spec(spec, rung, root, metric, limit, name=name, learning_rate=lr)
+        if i:
+            say(f"rung {rung.name}: trying learning rate {lr:.2e} ({step:.3g}x the first trial's), at most "
+                f"{variant.training.time_limit or 0:.0f} s")
+        clock = time.monotonic()
+        try:
+            fine_tune(variant, force=force)
+        except Exception as err:  # a failed first trial ends the climb (with nothing trained before, it is the answer)
+            if i == 0 and not any(r.kind == TRAINED and r.status in (COMPLETED, NOT_PROMOTED) for r in result.rungs):
+                raise
+            row.trials.append({"name": name, "learning_rate": lr, "status": FAILED, "metric": None, "seconds": None,
+                               "run_dir": str(variant.run_dir()), "why": f"{type(err).__name__}: {err}"})
+            if i == 0:
+                row.status, row.why, row.run_dir = FAILED, row.trials[0]["why"], row.trials[0]["run_dir"]
+                return
+            search_note = f"the trial at {lr:.2e} failed ({type(err).__name__}); the search stopped"
+            break
+        last_cost = time.monotonic() - clock
+        found = read_rung_run(variant.run_dir(), metric)
+        if first_lr is None:
+            first_lr = RunDir(variant.run_dir()).load_spec().training.learning_rate
+        row.trials.append({"name": name, "learning_rate": first_lr * step if first_lr else None,
+                           "status": found["status"], "metric": found["metric"], "seconds": found["seconds"],
+                           "energy": found["energy"], "stop_reason": found["stop_reason"],
+                           "run_dir": str(variant.run_dir())})
+        zero = result.rungs[0]
+        if zero.kind == BASELINE and zero.status == PENDING and found["baseline"] is not None:
+            zero.status, zero.metric, zero.run_dir = MEASURED, found["baseline"], str(variant.run_dir())
+            zero.why = f"scored as the baseline inside the {rung.name} run (its time and energy are that run's)"
+    _keep_best_trial(row, result.lower_is_better, search_note)
+
+
+def _keep_best_trial(row: RungResult, lower_is_better: bool, search_note: str) -> None:
+    """Fill ROW from its best finished trial (promoted ones first), summing the trials' seconds and energy."""
+    finished = [t for t in row.trials if t["status"] in (COMPLETED, NOT_PROMOTED) and t["metric"] is not None]
+    if not finished:
+        best = row.trials[0]
+        row.status, row.run_dir, row.why = best["status"], best["run_dir"], "its run recorded no validation metric"
         return
-    found = read_rung_run(Path(row.run_dir), metric)
-    row.status, row.metric, row.seconds, row.stop_reason = found["status"], found["metric"], found["seconds"], \
-        found["stop_reason"]
-    _energy(row, found["energy"])
+    pool = [t for t in finished if t["status"] == COMPLETED] or finished
+    best = max(pool, key=lambda t: _better(t["metric"], 0.0, lower_is_better))
+    row.status, row.metric, row.stop_reason, row.run_dir = best["status"], best["metric"], best["stop_reason"], \
+        best["run_dir"]
+    row.seconds = sum(t["seconds"] or 0 for t in row.trials) or None
+    records = [t["energy"] for t in row.trials if t.get("energy")]
+    if records:
+        _energy(row, {"energy_kwh": sum(r.get("energy_kwh") or 0 for r in records),
+                      "co2_kg": sum(r.get("co2_kg") or 0 for r in records),
+                      "method": records[0].get("method") if len({r.get("method") for r in records}) == 1 else "mixed"})
+    notes = []
     if row.status == NOT_PROMOTED:
-        row.why = "its run does not beat its untuned baseline (run.json status not-promoted)"
+        notes.append("its run does not beat its untuned baseline (run.json status not-promoted)")
     if row.stop_reason:
-        row.why = "; ".join(filter(None, [row.why, f"training stopped early: {row.stop_reason}"]))
-    zero = rows[0]
-    if zero.kind == BASELINE and zero.status == PENDING and found["baseline"] is not None:
-        zero.status, zero.metric, zero.run_dir = MEASURED, found["baseline"], row.run_dir
-        zero.why = f"scored as the baseline inside the {rung.name} run (its time and energy are that run's)"
+        notes.append(f"training stopped early: {row.stop_reason}")
+    if len(row.trials) > 1:
+        tried = ", ".join(f"{t['learning_rate']:.1e}: {_fmt(t['metric'])}" for t in row.trials)
+        notes.append(f"learning-rate search, {len(row.trials)} trials ({tried}); kept {best['learning_rate']:.1e}")
+    if search_note:
+        notes.append(search_note)
+    row.why = "; ".join(notes)
 
 
 def _update_gains(rows: list[RungResult], lower_is_better: bool) -> None:
@@ -382,10 +461,11 @@ def _no_room(rung: Rung, ladder: tuple[Rung, ...], rows: list[RungResult], left:
     if not done:
         return ""
     last, row = done[-1]
-    need = row.seconds * rung.cost / last.cost
+    per_trial = row.seconds / max(1, len(row.trials))
+    need = per_trial * rung.cost / last.cost
     if need > left:
-        return (f"the budget cannot fit {rung.name}: about {need:.0f} s ({last.name}'s {row.seconds:.0f} s x cost "
-                f"{rung.cost / last.cost:g}), {left:.0f} s left")
+        return (f"the budget cannot fit {rung.name}: about {need:.0f} s ({last.name}'s {per_trial:.0f} s a trial x "
+                f"cost {rung.cost / last.cost:g}), {left:.0f} s left")
     return ""
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from tunelab.run.files import write_text
 
 COLUMNS = ("rung", "method", "validation", "gain", "seconds", "energy kWh", "CO2 kg", "status", "why")
+TRIAL_COLUMNS = ("rung", "trial", "learning rate", "validation", "seconds", "status", "run directory")
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -33,6 +34,21 @@ def ladder_rows(record: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def trial_rows(record: dict[str, Any]) -> list[list[str]]:
+    """The learning-rate search inside the rungs: one row a trial, in TRIAL_COLUMNS order; the trial a rung kept
+    is marked. Empty when no rung ran more than one trial."""
+    rows = []
+    for r in record["rungs"]:
+        trials = r.get("trials") or []
+        if len(trials) < 2:
+            continue
+        for t in trials:
+            kept = " (kept)" if t["run_dir"] == r["run_dir"] else ""
+            rows.append([r["rung"], t["name"], _num(t["learning_rate"], ".2e"), _num(t["metric"], ".4f"),
+                         _num(t["seconds"], ".1f"), t["status"] + kept, t["run_dir"]])
+    return rows
+
+
 def ladder_markdown(record: dict[str, Any]) -> str:
     """auto.md: the verdict, the table and the rules that produced it."""
     def line(cells: list[str]) -> str:
@@ -44,6 +60,10 @@ def ladder_markdown(record: dict[str, Any]) -> str:
              f"least {record['min_gain']:g} over the best before it for the ladder to climb on.", "",
              line(list(COLUMNS)), line(["---"] * len(COLUMNS))]
     lines += [line(row) for row in ladder_rows(record)]
+    trials = trial_rows(record)
+    if trials:
+        lines += ["", "## The learning-rate search inside the rungs", "", line(list(TRIAL_COLUMNS)),
+                  line(["---"] * len(TRIAL_COLUMNS))] + [line(row) for row in trials]
     return "\n".join(lines) + "\n"
 
 
@@ -76,6 +96,7 @@ def ladder_html(record: dict[str, Any]) -> str:
 
     env = Environment(loader=PackageLoader("tunelab", "reports/templates"), autoescape=select_autoescape())
     return env.get_template("ladder_report.html").render(record=record, columns=COLUMNS, rows=ladder_rows(record),
+                                                         trial_columns=TRIAL_COLUMNS, trials=trial_rows(record),
                                                          chart=_bar_chart(record))
 
 
