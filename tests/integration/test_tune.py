@@ -73,6 +73,16 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "tunelab.cli", "tune", *args]
 
 
+def _has_heartbeat(tmp_path: Path, trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the running TRIAL's heartbeat thread has written its first beat: a trial killed before that is
+    indistinguishable from a live one (Optuna fails only trials whose beat went stale), so the test kills after."""
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "runs" / "tunelab.db") as db:
+        return db.execute("select count(*) from trial_heartbeats where trial_id = ?",
+                          (trial._trial_id,)).fetchone()[0] > 0
+
+
 def test_killed_study_resumes_to_exactly_n_trials(tiny_assets: dict, tmp_path: Path) -> None:
     path = small_spec(tmp_path, tiny_assets, trials=2, pruner="none", heartbeat_seconds=1, space={
         "epochs": {"choices": [1]}, "batch_size": None})
@@ -87,7 +97,7 @@ def test_killed_study_resumes_to_exactly_n_trials(tiny_assets: dict, tmp_path: P
             except Exception:  # the study or its tables do not exist yet
                 continue
             states = [t.state.name for t in trials]
-            if "COMPLETE" in states and states[-1] == "RUNNING":
+            if "COMPLETE" in states and states[-1] == "RUNNING" and _has_heartbeat(tmp_path, trials[-1]):
                 break
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -110,3 +120,26 @@ def test_killed_study_resumes_to_exactly_n_trials(tiny_assets: dict, tmp_path: P
     assert report["finished"] == 2 and report["states"]["FAIL"] == 1
     assert "trial" in again.stdout and "winner: trial" in again.stdout
     assert yaml.safe_load((tmp_path / "runs" / "study" / "winner.yaml").read_text())["task"] == "text-classification"
+
+
+EPOCHS = 30
+
+
+def test_two_workers_share_one_study_and_end_with_exactly_n_trials(tiny_assets: dict, tmp_path: Path) -> None:
+    """--workers 2: a spawned process and this one draw trials from one SQLite study. The study ends with N
+    finished trials, or at most one more (the trial still running when the N-th finished is completed), no
+    trial folder is used twice, and both workers ran trials (the spawned worker's first trial starts within
+    seconds of its imports, while this worker's first trial trains EPOCHS epochs, far longer)."""
+    spec = load_spec(small_spec(tmp_path, tiny_assets, pruner="none", space={
+        "learning_rate": {"choices": [5e-3]}, "epochs": {"choices": [EPOCHS]}, "batch_size": None, "warmup": None,
+        "weight_decay": None}))
+    result = tune(spec, trials=2, workers=2)
+    study = optuna.load_study(study_name="study", storage=f"sqlite:///{tmp_path / 'runs' / 'tunelab.db'}")
+    trials = study.get_trials()
+    assert {t.state.name for t in trials} == {"COMPLETE"} and len(trials) in (2, 3)
+    assert {t.user_attrs["worker"] for t in trials} == {0, 1}
+    folders = [t.user_attrs["run_dir"] for t in trials]
+    assert len(set(folders)) == len(trials) and all((Path(f) / "run.json").is_file() for f in folders)
+    report = json.loads((result.dir / "tune.json").read_text())
+    assert report["finished"] == len(trials) and sorted(r["worker"] for r in report["trials"]) == sorted(
+        t.user_attrs["worker"] for t in trials)

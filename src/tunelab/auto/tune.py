@@ -101,9 +101,11 @@ def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def objective(spec: RunSpec, space: dict[str, ParamRange], study_dir: Path) -> Callable[[optuna.Trial], float]:
+def objective(spec: RunSpec, space: dict[str, ParamRange], study_dir: Path,
+              worker: int = 0) -> Callable[[optuna.Trial], float]:
     """One trial: draw the parameters, train a child run with validation-only scoring and the pruner listening
-    to each epoch, and return the best epoch's validation metric."""
+    to each epoch, and return the best epoch's validation metric. WORKER (this process's number) is recorded
+    on the trial, so the report can say who ran what."""
     from tunelab.recipes import fine_tune
 
     metric = spec.evaluation.metric
@@ -114,6 +116,7 @@ def objective(spec: RunSpec, space: dict[str, ParamRange], study_dir: Path) -> C
                                   output={"dir": str(study_dir / TRIALS)})
         run_dir = trial_spec.run_dir()
         trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("worker", worker)
 
         def on_epoch_end(epoch: int, validation: dict[str, Any]) -> None:
             trial.report(float(validation[metric]), epoch)
@@ -150,10 +153,17 @@ def run_worker(spec_data: dict[str, Any], storage: str, name: str, trials: int, 
     spec = parse_spec(spec_data, "tune worker spec")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(spec, storage, name, seed_offset=1000 * worker)
+    with warnings.catch_warnings():  # a killed process's trial: failed (and queued again) before counting
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     if finished(study) >= trials:
         return
+    # finished trials only: a trial that is RUNNING may belong to a process killed before its first heartbeat,
+    # which no check can tell from a live one, and counting it would end every later run one trial short. So
+    # with K workers the study can end with up to K - 1 trials over N (those still running when the N-th
+    # finished are completed, not thrown away)
     stop = optuna.study.MaxTrialsCallback(trials, states=FINISHED)
-    study.optimize(objective(spec, resolve_space(spec), study_folder(spec, name)), timeout=timeout,
+    study.optimize(objective(spec, resolve_space(spec), study_folder(spec, name), worker), timeout=timeout,
                    callbacks=[stop, *callbacks], catch=())
 
 

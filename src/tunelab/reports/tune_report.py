@@ -25,7 +25,7 @@ def trial_row(trial: Any) -> dict[str, Any]:
             "seconds": trial.user_attrs.get("seconds"), "energy_kwh": energy.get("energy_kwh"),
             "co2_kg": energy.get("co2_kg"), "energy_method": energy.get("method"),
             "status": trial.user_attrs.get("status", trial.state.name.lower()),
-            "run_dir": trial.user_attrs.get("run_dir"),
+            "run_dir": trial.user_attrs.get("run_dir"), "worker": trial.user_attrs.get("worker"),
             "retry_of": trial.system_attrs.get("failed_trial")}
 
 
