@@ -6,8 +6,9 @@ every run). The grid: learning rate {2e-5, 5e-5, 1e-4, 2e-4} x epochs {2, 3, 4} 
 36 runs, each an ordinary `fine_tune`; its result is the test macro-F1 of the configuration with the best
 validation macro-F1. The search: `tune` with 20 trials over the same space (learning rate log-uniform on
 [2e-5, 2e-4], the same epoch and batch choices; warmup and weight decay fixed), median pruning on the
-per-epoch validation metric, its winner scored on test once. Compute: the summed wall seconds (and energy
-records) of all runs of each arm, in one process on this machine.
+per-epoch validation metric, its winner scored on test once. Compute: training examples processed (epochs
+reached x training rows, summed over the arm's runs: what the arm costs on any machine, whatever else ran
+beside it), and the summed wall seconds and energy records of its runs in one process on this machine.
 
 The issue's target: the search's validation-selected test macro-F1 within 1 point of the grid's, at no more
 than a third of the grid's compute.
@@ -66,6 +67,7 @@ def run_grid(spec_data: dict[str, Any], out: Path) -> dict[str, Any]:
         shutil.rmtree(run.dir / "checkpoints", ignore_errors=True)
     best = max(rows, key=lambda r: r["val_macro_f1"])
     return {"runs": rows, "selected": best, "seconds": round(sum(r["seconds"] for r in rows), 1),
+            "train_examples": sum(r["epochs"] for r in rows) * train_rows(spec_data),
             "energy_kwh": sum(r["energy_kwh"] or 0 for r in rows),
             "best_test_any": max(r["test_macro_f1"] for r in rows)}
 
@@ -86,7 +88,15 @@ def run_search(spec_data: dict[str, Any], out: Path) -> dict[str, Any]:
     return {"trials": report["trials"], "states": report["states"], "winner": winner,
             "test_macro_f1": test.get("macro_f1"), "val_macro_f1": winner.get("validation"),
             "seconds": round(trial_seconds, 1), "wall_seconds": round(wall, 1),
-            "energy_kwh": report["energy"]["energy_kwh"]}
+            "energy_kwh": report["energy"]["energy_kwh"],
+            "train_examples": sum((r["epochs"] or 0) for r in report["trials"]) * train_rows(spec_data)}
+
+
+def train_rows(spec_data: dict[str, Any]) -> int:
+    """Training rows of the split every run uses (data.limit minus the validation and test shares)."""
+    split = spec_data["data"]["split"]
+    limit = spec_data["data"]["limit"]
+    return limit - round(limit * split["validation"]) - round(limit * split["test"])
 
 
 def main() -> None:
@@ -110,7 +120,8 @@ def main() -> None:
         s, g = results["search"], results["grid"]
         results["summary"] = {"search_test": s["test_macro_f1"], "grid_selected_test": g["selected"]["test_macro_f1"],
                               "gap_points": round(100 * (g["selected"]["test_macro_f1"] - s["test_macro_f1"]), 2),
-                              "compute_ratio": round(s["seconds"] / g["seconds"], 3)}
+                              "compute_ratio": round(s["train_examples"] / g["train_examples"], 3),
+                              "seconds_ratio": round(s["seconds"] / g["seconds"], 3)}
         out_path.write_text(json.dumps(results, indent=1))
         print(json.dumps(results["summary"]))
 

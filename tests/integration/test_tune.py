@@ -1,6 +1,6 @@
 """`tunelab tune` on a tiny random-init BERT: a study that prunes a hopeless trial, scores test once on the
 winner only, and writes its report; and the CLI killed mid-study and run again, ending with exactly N finished
-trials and the killed trial failed and retried."""
+trials and the killed trial failed and retried; two workers on one study; and a chat study (the generative path)."""
 
 from __future__ import annotations
 
@@ -143,3 +143,40 @@ def test_two_workers_share_one_study_and_end_with_exactly_n_trials(tiny_assets: 
     report = json.loads((result.dir / "tune.json").read_text())
     assert report["finished"] == len(trials) and sorted(r["worker"] for r in report["trials"]) == sorted(
         t.user_attrs["worker"] for t in trials)
+
+
+def test_a_chat_study_searches_lora_and_judges_by_validation_loss(tiny_llm: dict, tmp_path: Path) -> None:
+    """The generative path end to end: a LoRA chat spec on a tiny Llama, two trials over the learning rate and
+    LoRA's rank, each a child chat run; the winner has the lowest validation loss (lower is better) and is
+    scored on test once."""
+    spec_file = tmp_path / "chat.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "task": "chat", "name": "chatstudy", "model": {"base": str(tiny_llm["model"]), "method": "lora"},
+        "data": {"train": str(tiny_llm["chat"]), "max_length": 128},
+        "training": {"epochs": 1, "batch_size": 8},
+        "evaluation": {"generation": {"prompts": 2, "max_new_tokens": 4}},
+        "search": {"trials": 2, "pruner": "none", "space": {
+            "learning_rate": {"choices": [1e-2, 1e-5]}, "lora_r": {"choices": [4, 8]}, "epochs": None,
+            "batch_size": None, "warmup": None, "weight_decay": None, "lora_alpha": None, "lora_dropout": None}},
+        "output": {"dir": str(tmp_path / "runs")}}))
+    spec = load_spec(spec_file)
+    assert spec.lower_is_better and spec.evaluation.metric == "loss"
+    url = f"sqlite:///{tmp_path / 'runs' / 'tunelab.db'}"
+    study = open_study(spec, url, "chatstudy")
+    study.enqueue_trial({"learning_rate": 1e-2, "lora_r": 4})
+    study.enqueue_trial({"learning_rate": 1e-5, "lora_r": 8})
+    result = tune(spec)
+    trials = optuna.load_study(study_name="chatstudy", storage=url).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    for t in trials:  # each trial is a chat run with the drawn parameters
+        run_spec = load_spec(Path(t.user_attrs["run_dir"]) / "spec.yaml")
+        assert run_spec.task == "chat" and run_spec.model.method == "lora"
+        assert (run_spec.training.learning_rate, run_spec.model.lora.r) == (t.params["learning_rate"], t.params["lora_r"])
+    best = min(trials, key=lambda t: t.value)
+    assert result.winner == Path(best.user_attrs["run_dir"]) and best.params["learning_rate"] == 1e-2
+    metrics = json.loads((result.winner / "metrics.json").read_text())
+    assert "test" in metrics["fine_tuned"] and "loss" in metrics["fine_tuned"]["test"]
+    report = json.loads((result.dir / "tune.json").read_text())
+    assert report["finished"] == 2 and report["winner"]["trial"] == best.number
+    assert load_spec(result.dir / "winner.yaml").model.lora.r == best.params["lora_r"]
