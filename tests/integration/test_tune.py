@@ -28,18 +28,21 @@ def small_spec(tmp_path: Path, assets: dict, **search) -> Path:
 
 def test_study_prunes_and_scores_test_once_on_the_winner(tiny_assets: dict, tmp_path: Path) -> None:
     spec = load_spec(small_spec(tmp_path, tiny_assets, space={
-        "learning_rate": {"choices": [5e-3, 1e-7]}, "epochs": {"choices": [2]}, "batch_size": None, "warmup": None,
+        "learning_rate": {"choices": [5e-3, 1e-7]}, "epochs": {"choices": [2, 4]}, "batch_size": None, "warmup": None,
         "weight_decay": None}))
     url = f"sqlite:///{tmp_path / 'runs' / 'tunelab.db'}"
     study = open_study(spec, url, "study")
-    study.enqueue_trial({"learning_rate": 5e-3})  # a good trial first, then a hopeless one the pruner must stop
-    study.enqueue_trial({"learning_rate": 1e-7})
+    study.enqueue_trial({"learning_rate": 5e-3, "epochs": 2})  # a good trial, then a hopeless one to prune
+    study.enqueue_trial({"learning_rate": 1e-7, "epochs": 4})
     result = tune(spec, trials=2)
 
     study = optuna.load_study(study_name="study", storage=url)
     good, bad = study.get_trials()
     assert (good.state.name, bad.state.name) == ("COMPLETE", "PRUNED")
-    assert bad.intermediate_values and max(bad.intermediate_values) <= 2  # it reported its curve, then stopped
+    # the epochs are searched, so the trials report at the share of their schedules: the 2-epoch trial at 50 and
+    # 100, the 4-epoch one at 25 (nothing to compare with there: no pruning) and 50, where it trails and stops
+    assert set(good.intermediate_values) == {50, 100} and set(bad.intermediate_values) == {25, 50}
+    assert good.user_attrs["epochs"] == 2 and bad.user_attrs["epochs"] == 2 and study.user_attrs["step"] == "percent of schedule"
     assert json.loads((Path(bad.user_attrs["run_dir"]) / "run.json").read_text())["status"] == "pruned"
 
     # test scored once, on the winner only: trial runs leave it out, the winner's metrics.json gains it

@@ -124,3 +124,12 @@ def test_sqlite_storage_fails_stale_trials_and_retries_them(tmp_path: Path) -> N
 
 def test_postgres_storage(postgres_url: str, tmp_path: Path) -> None:  # noqa: F811
     _storage_round_trip(spec_of(tmp_path, heartbeat_seconds=1), postgres_url)
+
+
+def test_trials_of_searched_lengths_are_compared_at_the_same_share_of_their_schedules(tmp_path: Path) -> None:
+    from tunelab.auto.tune import EPOCH, PERCENT, pruning_step
+
+    assert pruning_step(resolve_space(spec_of(tmp_path))) == PERCENT  # the default space searches 2-6 epochs
+    assert pruning_step(resolve_space(spec_of(tmp_path, space={"epochs": {"choices": [2, 4]}}))) == PERCENT
+    assert pruning_step(resolve_space(spec_of(tmp_path, space={"epochs": {"choices": [3]}}))) == EPOCH
+    assert pruning_step(resolve_space(spec_of(tmp_path, space={"epochs": None}))) == EPOCH

@@ -9,7 +9,12 @@ tried again (Optuna's RetryFailedTrialCallback).
 Sampling: TPE seeded from training.seed (offset by the trials already in the study and by the worker number, so
 a resumed or parallel process does not repeat the first process's draws). Pruning: each trial reports its
 validation metric after every epoch (tunelab.train.hooks), and the pruner (median by default) stops a trial that
-trails the earlier ones at the same epoch. Trials never score the test split; after the study the winner (best
+trails the earlier ones at the same point. When the number of epochs is itself searched, that point is the
+share of the trial's schedule (step = percent of its epochs), not the epoch: the learning rate decays over the
+whole schedule, so after one epoch a 2-epoch trial has annealed and a 4-epoch one has not, and judging them at
+epoch 1 prunes the long trials that end best (the search benchmark on Financial PhraseBank: 16 of 20 trials
+pruned at epoch 1, among them the two nearest the grid's best). A trial is not pruned before it has run
+`search.warmup_epochs` epochs. Trials never score the test split; after the study the winner (best
 validation metric among completed trials) is scored on test once, and that is recorded in its metrics.json, in
 the study's user attributes (so a re-run does not score it again) and in tune.json.
 """
@@ -76,6 +81,7 @@ def open_study(spec: RunSpec, storage: str, name: str, seed_offset: int = 0) -> 
         direction="minimize" if spec.lower_is_better else "maximize",
         sampler=optuna.samplers.TPESampler(seed=spec.training.seed + existing + seed_offset))
     study.set_user_attr("metric", spec.evaluation.metric)
+    study.set_user_attr("step", pruning_step(resolve_space(spec)))
     return study
 
 
@@ -92,8 +98,19 @@ def _pruner(spec: RunSpec) -> optuna.pruners.BasePruner:
     if s.pruner == "none":
         return optuna.pruners.NopPruner()
     if s.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, s.warmup_epochs), max_resource="auto")
-    return optuna.pruners.MedianPruner(n_startup_trials=s.startup_trials, n_warmup_steps=s.warmup_epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto")
+    return optuna.pruners.MedianPruner(n_startup_trials=s.startup_trials)  # warm-up: in the objective, in epochs
+
+
+PERCENT, EPOCH = "percent of schedule", "epoch"
+
+
+def pruning_step(space: dict[str, ParamRange]) -> str:
+    """What a trial's intermediate step counts: the percent of its schedule when the epochs are searched (trials
+    of different lengths are compared at the same share of their schedules), else the epoch."""
+    epochs = space.get("epochs")
+    varies = epochs is not None and (len(epochs.choices) > 1 if epochs.choices is not None else epochs.low != epochs.high)
+    return PERCENT if varies else EPOCH
 
 
 def finished(study: optuna.Study) -> int:
@@ -108,7 +125,7 @@ def objective(spec: RunSpec, space: dict[str, ParamRange], study_dir: Path,
     on the trial, so the report can say who ran what."""
     from tunelab.recipes import fine_tune
 
-    metric = spec.evaluation.metric
+    metric, unit, warmup = spec.evaluation.metric, pruning_step(space), spec.search.warmup_epochs
 
     def run_trial(trial: optuna.Trial) -> float:
         params = sample(trial, space)
@@ -118,12 +135,16 @@ def objective(spec: RunSpec, space: dict[str, ParamRange], study_dir: Path,
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("worker", worker)
 
+        total = trial_spec.training.epochs
+
         def on_epoch_end(epoch: int, validation: dict[str, Any]) -> None:
-            trial.report(float(validation[metric]), epoch)
+            step = round(100 * epoch / total) if unit == PERCENT else epoch
+            trial.report(float(validation[metric]), step)
             trial.set_user_attr("epochs", epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"validation {metric} {validation[metric]:.4f} at epoch {epoch} trails "
-                                         "the earlier trials")
+            if epoch >= max(1, warmup) and trial.should_prune():
+                where = f"epoch {epoch} of {total}" + (f" ({step}% of its schedule)" if unit == PERCENT else "")
+                raise optuna.TrialPruned(f"validation {metric} {validation[metric]:.4f} at {where} trails the "
+                                         "earlier trials")
 
         started = time.time()
         meter = EnergyMeter(spec.energy.grid_intensity, enabled=spec.energy.track).start()

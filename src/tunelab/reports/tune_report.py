@@ -108,7 +108,7 @@ def curves_plot(study: Any, report: dict[str, Any]) -> str | None:
         pruned = t.state.name == "PRUNED"
         ax.plot(steps, [t.intermediate_values[s] for s in steps], "--" if pruned else "-", marker="o", ms=3,
                 alpha=0.8, label=f"{t.number}{' (pruned)' if pruned else ''}")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(study.user_attrs.get("step", "epoch"))  # percent of each trial's schedule when epochs are searched
     ax.set_ylabel(f"validation {report['metric']}")
     if len(trials) <= 12:
         ax.legend(fontsize=7, ncol=2)
