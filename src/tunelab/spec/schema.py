@@ -199,8 +199,7 @@ class SearchSpec(Section):
         "leaves the parameter out of the search (the spec's value is used).")
     pruner: str = Field("median", description="Stop hopeless trials on the per-epoch validation metric: median "
                         "(below the median of earlier trials at the same epoch), hyperband, or none.")
-    startup_trials: int = Field(2, ge=0, description="Trials that finish unpruned before the pruner judges others; "
-                                "also how many completed trials must have reported at a point before a trial is judged there.")
+    startup_trials: int = Field(2, ge=0, description="Trials that finish unpruned before the pruner judges others.")
     warmup_epochs: int = Field(1, ge=0, description="Epochs a trial runs before it can be pruned (at least 1).")
     heartbeat_seconds: int = Field(60, ge=1, description="A running trial signals the database this often; one "
                                    "silent for twice as long (its process killed) is marked failed and its "
