@@ -4,8 +4,9 @@ What: the bundled MiniLM (a sentence encoder) on three shared sets. For each set
 set (40 per class) and test set (100 per class) are drawn first; then for N in {8, 16, 32} the first N per
 class of a seeded shuffle of the remaining rows form the training set (so the 8 are inside the 16 and the 32).
 Arms, all through tunelab's `fine_tune` with max_length 64:
-  zero-shot  the run's own untuned baseline (nearest class centroid of the frozen encoder's embeddings of the
-             N training examples: what the base does before any training)
+  zero-shot  the run's own untuned baseline: each text gets the label whose name (in evaluation's zero-shot
+             template) the frozen encoder embeds nearest; it sees no training example, so it is the same for
+             every N
   setfit     model.method setfit, its defaults (20 pair iterations, one body epoch, logistic head)
   full       plain fine-tuning at tunelab's defaults for the model (learning rate by width: 1e-4), 10 epochs
              with early stopping on validation (3 epochs would be 3-6 optimiser steps at these sizes)
