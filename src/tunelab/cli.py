@@ -80,8 +80,13 @@ def train(spec: Path = typer.Argument(..., help="Run spec (YAML)."),
     if name:
         run_spec.name = name
     from tunelab.recipes import fine_tune
+    from tunelab.train.interrupt import Interrupted
 
-    run = fine_tune(run_spec, resume=resume, force=force, overwrite=overwrite)
+    try:
+        run = fine_tune(run_spec, resume=resume, force=force, overwrite=overwrite)
+    except Interrupted as e:  # SIGTERM / SIGINT: a checkpoint was written, run.json says `interrupted`
+        err.print(f"[yellow]interrupted:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(e.exit_code)
     if not run.metrics:  # not the main process
         return
     names = ("loss", "perplexity", "exact_match", "token_f1", "rouge_l") if run_spec.generative else ("accuracy", "macro_f1")

@@ -18,7 +18,7 @@ from tunelab.data import DataError
 from tunelab.evaluate import gate
 from tunelab.lm.generation import generate_texts
 from tunelab.lm.metrics import generation_metrics
-from tunelab.recipes.common import (Run, check_data, mark_completed, package, resolve_base, start_meter,
+from tunelab.recipes.common import (Run, check_data, interruptible, mark_completed, package, resolve_base, start_meter,
                                     start_run)
 from tunelab.reports.card import lm_model_card
 from tunelab.reports.lm_report import write_lm_report
@@ -72,7 +72,7 @@ def fine_tune_lm(spec: RunSpec, resume: bool = False, force: bool = False, overw
     # the tokenizer carries the chat template used in training and later
     base = resolve_base(spec)
     chosen = {"learning_rate": choose_learning_rate(spec, base)}
-    accelerator, run_dir = start_run(spec, resume, overwrite, started)
+    accelerator, run_dir, resume = start_run(spec, resume, overwrite, started)
     meter = start_meter(spec, accelerator)  # energy and CO2 from here to the end of validation (main process)
     main = accelerator.is_main_process
     task = get_task(spec.task).from_spec(spec)
@@ -107,8 +107,9 @@ def fine_tune_lm(spec: RunSpec, resume: bool = False, force: bool = False, overw
                               "validation", generate=spec.evaluation.generation.every_epoch)
         return metrics
 
-    state = fit(model, task, encoded["train"], spec, run_dir, accelerator, resume=resume, evaluate=evaluate,
-                hooks=hooks)
+    with interruptible(run_dir, started, accelerator):
+        state = fit(model, task, encoded["train"], spec, run_dir, accelerator, resume=resume, evaluate=evaluate,
+                    hooks=hooks)
     model = accelerator.unwrap_model(model)
 
     # validate: the best epoch's weights, once on validation and test (a search trial: validation only)

@@ -17,7 +17,7 @@ from tunelab.auto.defaults import choose_class_weights, choose_learning_rate
 from tunelab.data.findings import column
 from tunelab.evaluate import gate
 from tunelab.evaluate.metrics import compare, headline, metric_function, overfitting_warning
-from tunelab.recipes.common import (Run, check_data, mark_completed, package, resolve_base, start_meter,
+from tunelab.recipes.common import (Run, check_data, interruptible, mark_completed, package, resolve_base, start_meter,
                                     start_run)
 from tunelab.reports import data_report
 from tunelab.reports.card import model_card
@@ -41,7 +41,7 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
     # plan: resolve the base model and the settings that depend on it (stored in the run's spec.yaml)
     base = resolve_base(spec)
     chosen = {"learning_rate": choose_learning_rate(spec, base)}
-    accelerator, run_dir = start_run(spec, resume, overwrite, started)
+    accelerator, run_dir, resume = start_run(spec, resume, overwrite, started)
     meter = start_meter(spec, accelerator)  # energy and CO2 from here to the end of validation (main process)
     main = accelerator.is_main_process
     task_cls = get_task(spec.task)
@@ -72,10 +72,11 @@ def fine_tune_classifier(spec: RunSpec, resume: bool = False, force: bool = Fals
     # adapt: the method trains (tunelab's loop, or its own trainer) and hands back the model to validate
     model = task.apply_method(model, spec)
     batch = spec.training.eval_batch_size
-    model, state = trainers.train(method, model, trainers.TrainJob(
-        task, base, splits["train"], encoded["train"], spec, run_dir, accelerator, resume=resume,
-        evaluate=lambda m: evaluate_split(m, task, encoded["validation"], truth["validation"], batch, accelerator),
-        class_weights=weights, hooks=hooks))
+    with interruptible(run_dir, started, accelerator):
+        model, state = trainers.train(method, model, trainers.TrainJob(
+            task, base, splits["train"], encoded["train"], spec, run_dir, accelerator, resume=resume,
+            evaluate=lambda m: evaluate_split(m, task, encoded["validation"], truth["validation"], batch, accelerator),
+            class_weights=weights, hooks=hooks))
 
     # validate: the best epoch's weights, scored once on test (a search trial: validation only)
     logits = {n: predict_logits(model, encoded[n], task.collator(), batch, accelerator, n) for n in held_out}

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +24,11 @@ from tunelab.auto.energy import EnergyMeter
 from tunelab.data import DataError, Prepared
 from tunelab.reports import data_report
 from tunelab.run import RunDir, RunError
+from tunelab.run.disk import check_output_dir
 from tunelab.run.files import write_json, write_text
 from tunelab.spec import RunSpec, dump_spec
 from tunelab.train.checkpoints import checkpoint_path
+from tunelab.train.interrupt import Interrupted
 from tunelab.train.loop import TrainState
 
 @dataclass
@@ -42,17 +47,21 @@ class Run:
         return bool(self.gate.get("promoted", True))
 
 
-def _open_run_dir(spec: RunSpec, resume: bool, overwrite: bool, accelerator: Accelerator) -> Path:
-    """Create the run directory, or check that resuming into it is safe."""
-    run_dir = spec.run_dir()
+def _open_run_dir(spec: RunSpec, resume: bool, overwrite: bool, accelerator: Accelerator) -> tuple[Path, bool]:
+    """Create the run directory, or check that resuming into it is safe. Returns (run directory, whether
+    training continues from a checkpoint): `--resume` on a run killed before its first checkpoint starts it
+    from the beginning in the same directory, and says so."""
+    run_dir = spec.run_dir()  # confined to output.dir (tunelab.run.disk)
+    check_output_dir(run_dir.parent)  # a file or a read-only folder: say so now, not after the baseline
     stored = RunDir(run_dir).file(RunDir.SPEC)
     if resume:
-        if checkpoint_path(run_dir) is None:
-            raise RunError(f"{run_dir}: no checkpoint to resume from; run without --resume")
         if stored.is_file() and stored.read_text() != dump_spec(spec):
             raise RunError(f"{run_dir}: the spec changed since this run started; resume with the same spec "
                            "or start a new run (--name)")
-        return run_dir
+        if checkpoint_path(run_dir) is not None:
+            return run_dir, True
+        accelerator.print(f"{run_dir}: no checkpoint yet; starting from the beginning in the same directory")
+        overwrite = True
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             hint = " or --resume to continue it" if checkpoint_path(run_dir) else ""
@@ -65,7 +74,7 @@ def _open_run_dir(spec: RunSpec, resume: bool, overwrite: bool, accelerator: Acc
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(stored, dump_spec(spec))
     accelerator.wait_for_everyone()
-    return run_dir
+    return run_dir, False
 
 
 def check_data(prepared: Prepared, force: bool, run_dir: Path, accelerator: Accelerator) -> dict[str, Any]:
@@ -82,8 +91,9 @@ def check_data(prepared: Prepared, force: bool, run_dir: Path, accelerator: Acce
     return report
 
 
-def start_run(spec: RunSpec, resume: bool, overwrite: bool, started: float) -> tuple[Accelerator, Path]:
-    """The start every recipe shares: processes checked, seed set, run directory opened, run.json 'running'."""
+def start_run(spec: RunSpec, resume: bool, overwrite: bool, started: float) -> tuple[Accelerator, Path, bool]:
+    """The start every recipe shares: processes checked, seed set, run directory opened, run.json 'running'.
+    Returns (accelerator, run directory, whether training continues from a checkpoint)."""
     accelerator = Accelerator(gradient_accumulation_steps=spec.training.gradient_accumulation_steps)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and accelerator.num_processes != world:
@@ -91,11 +101,11 @@ def start_run(spec: RunSpec, resume: bool, overwrite: bool, started: float) -> t
         raise RunError(f"{world} processes were launched but accelerate sees {accelerator.num_processes}; "
                        "on a machine without GPUs set ACCELERATE_USE_CPU=1 (see README, 'More than one machine')")
     set_seed(spec.training.seed)
-    run_dir = _open_run_dir(spec, resume, overwrite, accelerator)
+    run_dir, resume = _open_run_dir(spec, resume, overwrite, accelerator)
     if accelerator.is_main_process:
         write_json(RunDir(run_dir).file(RunDir.STATUS), {"status": "running", "started": started, "tunelab": __version__,
                                           "processes": accelerator.num_processes})
-    return accelerator, run_dir
+    return accelerator, run_dir, resume
 
 
 def start_meter(spec: RunSpec, accelerator: Accelerator) -> EnergyMeter:
@@ -132,6 +142,21 @@ def package(run_dir: Path, metrics: dict[str, Any], details: dict[str, Any], sta
     write_json(run.file(RunDir.METRICS), metrics)
     write_json(run.file(RunDir.EVALUATION), details)
     write_json(run.file(RunDir.HISTORY), {"epochs": state.history, "steps": state.step_losses})
+
+
+@contextmanager
+def interruptible(run_dir: Path, started: float, accelerator: Accelerator) -> Iterator[None]:
+    """Around training: a SIGTERM/SIGINT that stopped it (tunelab.train.interrupt) leaves run.json saying
+    `interrupted`, with the signal and the checkpoint that `--resume` will continue from."""
+    try:
+        yield
+    except Interrupted as e:
+        if accelerator.is_main_process:
+            write_json(RunDir(run_dir).file(RunDir.STATUS), {
+                "status": "interrupted", "signal": signal.Signals(e.signum).name, "checkpoint": e.checkpoint,
+                "started": started, "interrupted": time.time(), "tunelab": __version__,
+                "processes": accelerator.num_processes})
+        raise
 
 
 def mark_completed(run_dir: Path, state: TrainState, started: float, resume: bool, accelerator: Accelerator,

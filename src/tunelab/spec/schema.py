@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tunelab.run.disk import check_run_name, confined_run_dir
+
 
 class SpecError(ValueError):
     """A spec that cannot be used; the message says where and how to fix it."""
@@ -319,5 +321,13 @@ class RunSpec(Section):
             return self.training.learning_rate
         return type(self).RULES.learning_rate(self.model.method or "")
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, name: str | None) -> str | None:
+        """A run name is one folder inside output.dir: `--overwrite` deletes the run directory, so a name like
+        `../../x` must never reach the file system."""
+        return None if name is None else check_run_name(name)
+
     def run_dir(self) -> Path:
-        return Path(self.output.dir) / (self.name or "run")
+        """output.dir/name, confined to output.dir (tunelab.run.disk)."""
+        return confined_run_dir(Path(self.output.dir), self.name or "run")

@@ -95,8 +95,10 @@ class Task(Protocol):
         """Optimizer parameter groups (tunelab.train.optim has the one weight-decay rule)."""
         ...
 
-    def on_epoch_start(self, model: Any, epoch: int) -> None:
-        """Per-epoch changes (gradual unfreezing, augmentation seeds); a no-op for most tasks."""
+    def on_epoch_start(self, model: Any, epoch: int, first_batch: int = 0) -> None:
+        """Per-epoch changes (gradual unfreezing, augmentation seeds); a no-op for most tasks. FIRST_BATCH is
+        the index of the epoch's first batch this process will see: non-zero when a run resumes half-way
+        through an epoch, so per-batch randomness (augmentation) continues where it stopped."""
         ...
 
     def training_step(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:

@@ -237,7 +237,7 @@ class _LMTask:
 
         return get_method(self.lm.method).groups(model, lr, weight_decay)
 
-    def on_epoch_start(self, model: Any, epoch: int) -> None:
+    def on_epoch_start(self, model: Any, epoch: int, first_batch: int = 0) -> None:
         """Nothing changes between epochs."""
 
     def collator(self) -> Any:

@@ -95,9 +95,9 @@ class ImageClassification(LabelOutputs):
     def param_groups(self, model: Any, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         return self._method().groups(model, lr, weight_decay)
 
-    def on_epoch_start(self, model: Any, epoch: int) -> None:
+    def on_epoch_start(self, model: Any, epoch: int, first_batch: int = 0) -> None:
         self._method().epoch_start(model, epoch)
-        self.images.set_epoch(epoch)
+        self.images.set_epoch(epoch, first_batch)
 
     def _method(self) -> Any:
         from tunelab.train.methods import IMAGE, get_method

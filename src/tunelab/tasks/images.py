@@ -55,10 +55,11 @@ class ImageInputs:
         self._train_collator = PixelCollator(self.processing, train=True, augment=augment)
         return self._train_collator
 
-    def set_epoch(self, epoch: int) -> None:
-        """Re-seed the training augmentation for EPOCH (so a resumed run sees the same crops)."""
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        """Re-seed the training augmentation for EPOCH from batch FIRST_BATCH on (so a resumed run sees the
+        same crops)."""
         if self._train_collator is not None:
-            self._train_collator.set_epoch(epoch)
+            self._train_collator.set_epoch(epoch, first_batch)
 
     def features(self, model: Any, paths: list[str], batch_size: int = 64) -> np.ndarray:
         """L2-normalised features of the (untuned) image model for PATHS."""

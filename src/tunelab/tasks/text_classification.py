@@ -152,7 +152,7 @@ class TextClassification(LabelOutputs):
 
         return get_method(self.method).groups(model, lr, weight_decay)
 
-    def on_epoch_start(self, model: Any, epoch: int) -> None:
+    def on_epoch_start(self, model: Any, epoch: int, first_batch: int = 0) -> None:
         """Nothing changes between epochs."""
 
     # -- data ---------------------------------------------------------------------------------

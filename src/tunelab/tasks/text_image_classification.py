@@ -122,8 +122,8 @@ class TextImageClassification(LabelOutputs):
             groups += split_decay(model, encoders, lr / 10, weight_decay, "encoders")
         return groups
 
-    def on_epoch_start(self, model: Any, epoch: int) -> None:
-        self.images.set_epoch(epoch)  # re-seeds the pixels' augmentation, which the text side does not have
+    def on_epoch_start(self, model: Any, epoch: int, first_batch: int = 0) -> None:
+        self.images.set_epoch(epoch, first_batch)  # re-seeds the pixels' augmentation, which the text side does not have
 
     # -- data ---------------------------------------------------------------------------------
     def encode(self, ds: Any, with_labels: bool = True) -> EncodedSplit:

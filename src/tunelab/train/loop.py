@@ -23,8 +23,11 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from tunelab.spec.schema import RunSpec
-from tunelab.train.checkpoints import checkpoint_path, load_checkpoint, load_weights, save_checkpoint
+from tunelab.train import faults
+from tunelab.train.checkpoints import (checkpoint_path, load_checkpoint, load_weights, remove_partial, restore_rng_of,
+                                       save_checkpoint)
 from tunelab.train.hooks import RunHooks
+from tunelab.train.interrupt import Interrupted, stop_on_signals
 from tunelab.train.optim import adamw
 
 EARLY_STOPPING = "early-stopping"  # TrainState.stop_reason: no better validation metric for `patience` epochs
@@ -45,6 +48,10 @@ class TrainState:
     stop_reason: str | None = None  # EARLY_STOPPING or TIME_LIMIT when training ended before its last epoch
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
     step_losses: list[list[float]] = field(default_factory=list)  # [global_step, loss]
+    # the current epoch so far: its batch losses and what the task's training metrics need from each batch, so
+    # an epoch resumed half-way reports the same train loss and metrics as one that ran through
+    epoch_losses: list[float] = field(default_factory=list)
+    epoch_seen: list[Any] = field(default_factory=list)
 
 
 def predict_logits(model: torch.nn.Module, encoded: Any, collator: Any, batch_size: int,
@@ -92,6 +99,9 @@ def training_setup(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec,
     groups, AdamW, warmup + linear decay over spec.training.epochs. Shared by `fit` and the planner's probe."""
     t = spec.training
     loader, sampler = task.train_loader(train, spec)
+    # a private generator for the loader: creating an iterator draws a seed from it, and drawing from the
+    # global generator instead would shift dropout's random stream at every epoch start and resume
+    loader.generator = torch.Generator().manual_seed(t.seed)
     optimizer = adamw(task.param_groups(model, spec.learning_rate, t.weight_decay), spec.learning_rate)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     total = math.ceil(len(loader) / t.gradient_accumulation_steps) * t.epochs
@@ -145,49 +155,78 @@ def fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: P
     the optimizer groups (`param_groups`) and what changes between epochs (`on_epoch_start`). HOOKS
     (tunelab.train.hooks) hear each epoch's validation metrics; a search's pruner may stop the run there.
 
+    Resume is exact: with RESUME the run continues from the `LATEST` checkpoint (tunelab.train.checkpoints
+    says what it holds) and ends with the same weights, metrics and history, bit for bit, as a run that was
+    never stopped. SIGTERM/SIGINT finish the optimizer step, write a checkpoint and raise `Interrupted`
+    (tunelab.train.interrupt).
+
     training.time_limit ends training like early stopping: the step under way finishes, the (possibly partial)
     epoch is validated and checkpointed, and the best epoch's weights are kept; state.stop_reason says which
     rule stopped it. The limit counts from this call (a resumed run gets the whole limit again)."""
+    with stop_on_signals() as stop:
+        return _fit(model, task, train, spec, run_dir, accelerator, evaluate, resume, hooks, stop)
+
+
+def _fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: Path, accelerator: Accelerator,
+         evaluate: Callable[[torch.nn.Module], dict[str, Any]], resume: bool, hooks: RunHooks | None,
+         stop: Any) -> TrainState:
     t = spec.training
     deadline = Deadline(t.time_limit, accelerator)
     model, optimizer, loader, sampler, scheduler = training_setup(model, task, train, spec, accelerator)
     state = TrainState()
     checkpoint = checkpoint_path(run_dir) if resume else None
+    if resume and accelerator.is_main_process:
+        removed = remove_partial(run_dir)
+        if removed:
+            accelerator.print(f"removed {len(removed)} unfinished checkpoint write(s): {', '.join(removed)}")
     if checkpoint is not None:
-        state = TrainState(**load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler))
+        state = TrainState(**load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler,
+                                             restore_rng=False))
         accelerator.print(f"resumed from {checkpoint.name}: epoch {state.epoch + 1}, batch {state.step_in_epoch}")
 
-    def save(tag: str, pointer: str = "LATEST") -> None:
+    def save(tag: str, pointer: str = "LATEST") -> str:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             extra = (optimizer, scheduler) if pointer == "LATEST" else (None, None)
-            save_checkpoint(run_dir, tag, accelerator.unwrap_model(model), asdict(state), *extra, pointer=pointer,
-                            everything=task.checkpoint_everything)
+            return save_checkpoint(run_dir, tag, accelerator.unwrap_model(model), asdict(state), *extra,
+                                   pointer=pointer, everything=task.checkpoint_everything).name
+        return tag
 
     model.train()
+    if checkpoint is not None:  # last, so that nothing done while setting up draws from the restored generators
+        restore_rng_of(checkpoint)
     for epoch in range(state.epoch, t.epochs):
         if state.stopped_early:
             break
+        loader.set_epoch(epoch)  # accelerate's loader: sets the sampler's epoch and its own iteration count alike
         sampler.set_epoch(epoch)
-        task.on_epoch_start(accelerator.unwrap_model(model), epoch)  # e.g. gradual unfreezing, augmentation seeds
-        epoch_loader = skip_first_batches(loader, state.step_in_epoch) if state.step_in_epoch else loader
-        losses: list[float] = []
-        seen: list[Any] = []  # what the task's training metrics need from each batch
+        task.on_epoch_start(accelerator.unwrap_model(model), epoch, state.step_in_epoch)
+        if state.step_in_epoch >= len(loader):
+            epoch_loader: Any = []  # the epoch's batches were all done before the interruption
+        elif state.step_in_epoch:
+            epoch_loader = skip_first_batches(loader, state.step_in_epoch)
+        else:
+            epoch_loader = loader
         epoch_started = time.perf_counter()
         bar = tqdm(epoch_loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not accelerator.is_main_process,
-                   leave=False)
+                   leave=False, initial=state.step_in_epoch, total=len(loader))
         for batch in bar:
             step_loss, tracked = train_step(model, task, batch, optimizer, scheduler, accelerator, t.max_grad_norm)
             loss = step_loss.detach().float().item()
-            losses.append(loss)
+            state.epoch_losses.append(loss)
             if tracked is not None:
-                seen.append(tracked)
+                state.epoch_seen.append(tracked)
             state.step_in_epoch += 1
             if accelerator.sync_gradients:
                 state.global_step += 1
                 state.step_losses.append([state.global_step, loss])
                 bar.set_postfix(loss=f"{loss:.4f}")
-                if t.checkpoint_steps and state.global_step % t.checkpoint_steps == 0:
+                faults.point("step")
+                if stop.requested(accelerator):
+                    bar.close()
+                    raise Interrupted(stop.signum, save(f"step-{state.global_step:07d}"))
+                last_batch = state.step_in_epoch >= len(loader)  # the epoch's own checkpoint follows at once
+                if t.checkpoint_steps and state.global_step % t.checkpoint_steps == 0 and not last_batch:
                     save(f"step-{state.global_step:07d}")
                 if deadline.passed():
                     state.stop_reason = TIME_LIMIT
@@ -197,8 +236,9 @@ def fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: P
             epoch_loader.end()  # the loop left the loader early: release it from accelerate's gradient state
         train_seconds = time.perf_counter() - epoch_started
         val = evaluate(model)
+        losses = state.epoch_losses
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-               "lr": scheduler.get_last_lr()[0], **task.train_metrics(seen)}
+               "lr": scheduler.get_last_lr()[0], **task.train_metrics(state.epoch_seen)}
         row.update({f"val_{k}": v for k, v in val.items() if not isinstance(v, (dict, list))})
         row.update(train_seconds=round(train_seconds, 2),
                    val_seconds=round(time.perf_counter() - epoch_started - train_seconds, 2))
@@ -220,6 +260,7 @@ def fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: P
             state.stop_reason = EARLY_STOPPING
         state.stopped_early = state.stop_reason is not None
         state.epoch, state.step_in_epoch = epoch + 1, 0
+        state.epoch_losses, state.epoch_seen = [], []
         shown = "" if spec.evaluation.metric == "loss" else f"  val {spec.evaluation.metric} {score:.4f}"
         accelerator.print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}"
                           f"{shown}{'  (best)' if improved else ''}")
@@ -227,12 +268,14 @@ def fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: P
             hooks.epoch_end(epoch + 1, val)  # may raise to stop the run (a pruned search trial)
         if improved:
             save(f"best-epoch-{epoch + 1:04d}", pointer="BEST")
-        save(f"step-{state.global_step:07d}")
+        latest = save(f"step-{state.global_step:07d}")
         if state.stop_reason == EARLY_STOPPING:
             accelerator.print(f"early stop: no better validation {spec.evaluation.metric} for {patience} epoch(s)")
         elif state.stop_reason == TIME_LIMIT:
             accelerator.print(f"time limit: stopped after {t.time_limit:g} s (training.time_limit), in epoch "
                               f"{epoch + 1} of {t.epochs}; the best epoch is kept")
+        if stop.requested(accelerator) and (more and not state.stopped_early):
+            raise Interrupted(stop.signum, latest)
     accelerator.wait_for_everyone()
     best = checkpoint_path(run_dir, "BEST")
     if best is not None:

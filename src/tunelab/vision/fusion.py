@@ -55,9 +55,8 @@ class TextImageCollator:
     def __init__(self, tokenizer: Any, pixels: Any, max_length: int) -> None:
         self.tokenizer, self.pixels, self.max_length = tokenizer, pixels, max_length
 
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.pixels, "set_epoch"):
-            self.pixels.set_epoch(epoch)
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        self.pixels.set_epoch(epoch, first_batch)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self.pixels([{k: f[k] for k in ("image", "labels") if k in f} for f in features])

@@ -308,8 +308,9 @@ class TrainAugment:
     _batch: int = field(default=0, init=False, repr=False)
     _ops: Any = field(default=None, init=False, repr=False)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self._batch = int(epoch), 0
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        """Seeds for EPOCH, counting batches from FIRST_BATCH (a resumed epoch skips the batches already done)."""
+        self.epoch, self._batch = int(epoch), int(first_batch)
 
     def _kornia_ops(self) -> Any:
         if self._ops is None:
@@ -366,9 +367,9 @@ class PixelCollator:
         self.proc, self.train = proc, train
         self.augment = augment if augment is not None or not train else TrainAugment(proc)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
         if self.augment is not None:
-            self.augment.set_epoch(epoch)
+            self.augment.set_epoch(epoch, first_batch)
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
