@@ -266,7 +266,8 @@ def _print_findings(report: dict) -> None:
     colour = {"error": "red", "warning": "yellow", "info": "cyan"}
     for f in report["findings"]:
         table.add_row(f"[{colour[f['severity']]}]{f['severity']}[/]", f["check"], str(f["count"]),
-                      escape(f["message"]), escape(f["examples"][0]) if f["examples"] else "")
+                      escape(f["message"]), (escape(f["examples"][0]) if f["examples"] else "")
+                      + (f" (+{len(f['locations']) - 1} more rows)" if len(f.get("locations", [])) > 1 else ""))
     out.print(table)
 
 
