@@ -69,3 +69,29 @@ def make_tiny_sentence_encoder(folder: str | Path, words: list[str]) -> Path:
                                            Normalize()], device="cpu")
     encoder.save(str(folder))
     return folder
+
+
+def leaky_set(root: Path) -> dict[str, Path]:
+    """Train / validation / test CSVs (text,label) where validation leaks: 100 training texts of 30 random words;
+    a validation file whose first 79 rows each change one word of a training text (word-bigram Jaccard 0.87,
+    over the doctor's 0.8 threshold) and 21 new texts; a test file of 20 new texts. Words are w0..w399."""
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(400)]
+    sentence = lambda: " ".join(rng.choice(vocab) for _ in range(30))
+    train = [(sentence(), "pos" if i % 2 else "neg") for i in range(100)]
+    val = []
+    for text, label in train[:79]:
+        words = text.split()
+        words[15] = "changed"
+        val.append((" ".join(words), label))
+    val += [(sentence(), "pos" if i % 2 else "neg") for i in range(21)]
+    test = [(sentence(), "pos" if i % 2 else "neg") for i in range(20)]
+    root.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, rows in (("train", train), ("validation", val), ("test", test)):
+        with open(root / f"{name}.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["text", "label"])
+            writer.writerows(rows)
+        out[name] = root / f"{name}.csv"
+    return out

@@ -271,52 +271,74 @@ def _print_findings(report: dict) -> None:
     colour = {"error": "red", "warning": "yellow", "info": "cyan"}
     for f in report["findings"]:
         table.add_row(f"[{colour[f['severity']]}]{f['severity']}[/]", f["check"], str(f["count"]),
-                      escape(f["message"]), escape(f["examples"][0]) if f["examples"] else "")
+                      escape(f["message"]), (escape(f["examples"][0]) if f["examples"] else "")
+                      + (f" (+{len(f['locations']) - 1} more rows)" if len(f.get("locations", [])) > 1 else ""))
     out.print(table)
 
 
+_FILES_HELP = ("A run spec (YAML: checked as `train` checks it); or data files, train first, then validation and "
+               "test (a file named val/dev/test goes to that split), or a bundled set name.")
+
+
 @data_app.command("check")
-def data_check(target: str = typer.Argument(..., help="A run spec (YAML), a data file, or a bundled set name."),
+def data_check(targets: list[str] = typer.Argument(..., help=_FILES_HELP),
+               validation: Optional[str] = typer.Option(None, "--validation", help="Validation file (files only)."),
+               test: Optional[str] = typer.Option(None, "--test", help="Test file (files only)."),
+               task: Optional[str] = typer.Option(None, "--task", help="Task the files are for (default: inferred: "
+                                                  "chat records, image paths or folders, .txt, else text labels)."),
                out_dir: Path = typer.Option(Path("."), "--out", help="Folder for data_report.json / .html."),
-               text_column: str = typer.Option("text", help="Text column (files only; specs carry their own)."),
-               label_column: str = typer.Option("label", help="Label column (files only)."),
-               multi_label: bool = typer.Option(False, help="Labels are lists (files only)."),
+               text_column: Optional[str] = typer.Option(None, help="Text column (files only; default: the task's)."),
+               label_column: Optional[str] = typer.Option(None, help="Label column (files only)."),
+               image_column: Optional[str] = typer.Option(None, help="Image path column (image files only)."),
+               multi_label: bool = typer.Option(False, help="Labels are lists (text files only)."),
                model: Optional[str] = typer.Option(None, help="Base model whose tokenizer measures lengths (files only)."),
-               max_length: int = typer.Option(256, help="Token limit for the too-long check (files only).")) -> None:
-    """Run every data check; exit code 1 when any finding is an error (for CI)."""
-    from tunelab.data.check import check_target
+               max_length: Optional[int] = typer.Option(None, help="Token limit for the length checks (files only).")) -> None:
+    """Run the doctor `train` runs; exit code 1 when any finding is an error (for CI). data_report.json lists
+    every affected row of every finding (`locations`)."""
+    from tunelab.data.check import CheckOptions, check
     from tunelab.reports import data_report
 
-    report = check_target(target, text_column, label_column, multi_label, model, max_length)
+    options = CheckOptions(task=task, validation=validation, test=test, text_column=text_column,
+                           label_column=label_column, image_column=image_column, multi_label=multi_label,
+                           model=model, max_length=max_length)
+    report = check(targets, options)
     data_report.write(report, out_dir)
     _print_findings(report)
     for f in report["findings"]:
         if f["severity"] == "error":
             err.print(f"[red]{f['check']}[/]: {escape(f['message'])}; fix: {escape(f['fix'])}")
-    out.print(f"report: {out_dir / 'data_report.html'}")
+    out.print(f"report: {out_dir / 'data_report.html'} (every affected row: {out_dir / 'data_report.json'})")
     if report["summary"]["error"]:
         raise typer.Exit(1)
 
 
 @data_app.command("clean")
-def data_clean(target: str = typer.Argument(..., help="A run spec (YAML), a data file, or a bundled set name."),
+def data_clean(targets: list[str] = typer.Argument(..., help=_FILES_HELP),
                out_dir: Path = typer.Option(..., "--out", help="New folder for the cleaned files and changes.jsonl."),
+               validation: Optional[str] = typer.Option(None, "--validation", help="Validation file (files only)."),
+               test: Optional[str] = typer.Option(None, "--test", help="Test file (files only)."),
                redact_pii: bool = typer.Option(False, "--redact-pii", help="Replace personal data with typed placeholders."),
                keep_duplicates: bool = typer.Option(False, "--keep-duplicates", help="Do not drop exact duplicates / leakage."),
                no_fix_text: bool = typer.Option(False, "--no-fix-text", help="Do not repair mojibake and control characters."),
                text_column: str = typer.Option("text", help="Text column (files only; specs carry their own)."),
                label_column: str = typer.Option("label", help="Label column (files only).")) -> None:
-    """Apply the safe fixes into new files; every dropped or changed row is listed in changes.jsonl."""
-    from tunelab.data.clean import CleanOptions, clean
+    """Apply the fixes for what the doctor can point at into new files: repaired text, no empty or unlabelled rows,
+    no same-label copies, no validation/test row that repeats (exactly or near-identically) an earlier split.
+    Every dropped or changed row is listed in changes.jsonl; a spec gets a copy pointing at the cleaned files."""
+    from tunelab.data.clean import CleanOptions, clean, write_clean_spec
 
-    if target.endswith((".yaml", ".yml")) and Path(target).is_file():
+    spec_path = targets[0] if targets[0].endswith((".yaml", ".yml")) and Path(targets[0]).is_file() else None
+    if spec_path:
         from tunelab.spec import load_spec
 
-        spec = load_spec(target)
+        spec = load_spec(spec_path)
         sources = {k: v for k in ("train", "validation", "test") if (v := getattr(spec.data, k))}
-        text_column, label_column = spec.data.text_column, spec.data.label_column
+        text_column = getattr(spec.data, "text_column", text_column)
+        label_column = getattr(spec.data, "label_column", label_column)
     else:
-        sources = {"train": target}
+        from tunelab.data.check import assign_splits
+
+        sources = assign_splits(targets, validation, test)
     opts = CleanOptions(text_column=text_column, label_column=label_column, fix_text=not no_fix_text,
                         drop_duplicates=not keep_duplicates, redact_pii=redact_pii)
     result = clean(sources, out_dir, opts)
@@ -324,6 +346,8 @@ def data_clean(target: str = typer.Argument(..., help="A run spec (YAML), a data
         out.print(f"{split}: {path}")
     out.print(f"rows in {result.rows_in} = rows out {result.rows_out} + dropped {result.dropped}; "
               f"changed {result.changed}; every change: {out_dir / 'changes.jsonl'}")
+    if spec_path:
+        out.print(f"spec for the cleaned data: {write_clean_spec(Path(spec_path), result.outputs, out_dir)}")
 
 
 @data_app.command("preview")

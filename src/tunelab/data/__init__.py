@@ -128,7 +128,7 @@ def prepare(spec: DataSpec, seed: int, force: bool = False, tokenizer: Any = Non
         if dropped:
             findings.append(Finding("forced-drop", "warning", f"--force: dropped {len(dropped)} row(s) whose "
                                     "label is missing or unknown", len(dropped), "fix the labels and rerun",
-                                    dropped))
+                                    dropped[:5], locations=dropped))
     shares = {name: getattr(spec.split, name) for name in ("validation", "test") if name not in given}
     splits = dict(given)
     if shares:
@@ -138,5 +138,6 @@ def prepare(spec: DataSpec, seed: int, force: bool = False, tokenizer: Any = Non
             findings.append(Finding("split-duplicates-kept-in-train", "info",
                                     f"{len(moved)} row(s) repeat a training text; they were kept in train rather "
                                     "than split into validation/test, so the split itself creates no leakage",
-                                    len(moved), "nothing to do; `tunelab data clean` drops the copies", moved[:5]))
+                                    len(moved), "nothing to do; `tunelab data clean` drops the copies", moved[:5],
+                                    locations=moved))
     return Prepared(splits=splits, labels=labels, findings=findings, files=files)

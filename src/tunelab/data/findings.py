@@ -14,7 +14,8 @@ from typing import Any, Literal
 import datasets
 
 Severity = Literal["error", "warning", "info"]
-MAX_EXAMPLES = 5
+SPLIT_ORDER = ("train", "validation", "test")  # leakage looks for each split's rows in the earlier ones
+MAX_EXAMPLES = 5  # described examples per finding; `Finding.locations` lists every affected row
 
 
 @dataclass
@@ -24,8 +25,13 @@ class Finding:
     message: str
     count: int
     fix: str
-    examples: list[str] = field(default_factory=list)
+    examples: list[str] = field(default_factory=list)  # a described sample, for people (console, HTML)
     details: dict[str, Any] = field(default_factory=dict)  # check-specific numbers (histograms, ratios)
+    locations: list[str] = field(default_factory=list)  # EVERY affected row, for scripts and `data clean`
+
+    def __post_init__(self) -> None:
+        # one location per affected row, in order, each once (a row with two bad messages is one row)
+        self.locations = list(dict.fromkeys(self.locations))
 
     def render(self) -> str:
         where = "".join(f"\n    at {e}" for e in self.examples)
@@ -70,6 +76,11 @@ def register_check(name: str, severity: Severity) -> Callable[[Check], Check]:
         return fn
 
     return wrap
+
+
+def sample(items: list[str]) -> list[str]:
+    """The first MAX_EXAMPLES of ITEMS: what a person reads; `Finding.locations` keeps every one."""
+    return list(items[:MAX_EXAMPLES])
 
 
 def column(ds: datasets.Dataset, name: str) -> list[Any]:

@@ -71,7 +71,7 @@ def prepare_images(spec: DataSpec, seed: int, force: bool = False, with_text: bo
         if dropped:
             findings.append(Finding("forced-drop", "warning", f"--force: dropped {len(dropped)} example(s) with an "
                                     "unknown label or an unreadable image", len(dropped), "fix them and rerun",
-                                    dropped[:10]))
+                                    dropped[:5], locations=dropped))
     splits = dict(given)
     shares = {name: getattr(spec.split, name) for name in ("validation", "test") if name not in given}
     if shares:
@@ -94,13 +94,13 @@ def _drop_bad(given: dict[str, datasets.Dataset], labels: list[str],
               findings: list[Finding]) -> tuple[dict[str, datasets.Dataset], list[str]]:
     """--force: keep rows whose label is known and whose image the doctor could decode."""
     bad_files = {loc for f in findings if f.check in ("image-unreadable", "image-not-an-image")
-                 for loc in (f.details or {}).get("all_locations", f.examples)}
+                 for loc in f.locations}
     known = set(labels)
     out, dropped = {}, []
     for name, ds in given.items():
         keep = []
         for i, (lab, loc) in enumerate(zip(column(ds, "label"), column(ds, "location"))):
-            if lab in known and not any(loc in b for b in bad_files):
+            if lab in known and loc not in bad_files:
                 keep.append(i)
             else:
                 dropped.append(loc)

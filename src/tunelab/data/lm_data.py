@@ -35,13 +35,17 @@ def _usable_chat(record: Any) -> bool:
     return ok and any(m.get("role") == "assistant" and m.get("content") for m in messages)
 
 
+def conversation_text(record: Any) -> str:
+    """A conversation's text as the text checks (duplicates, leakage, PII) and `data clean` see it: the
+    string contents of its messages, joined by newlines."""
+    messages = record.get("messages") if isinstance(record, dict) else None
+    parts = [m.get("content") for m in messages or [] if isinstance(m, dict)]
+    return "\n".join(p for p in parts if isinstance(p, str))
+
+
 def _text_view(rows: list[Row]) -> datasets.Dataset:
-    """One text per conversation (its contents joined) for the text checks: duplicates, leakage, PII."""
-    texts = []
-    for _, rec in rows:
-        messages = rec.get("messages") if isinstance(rec, dict) else None
-        parts = [m.get("content") for m in messages or [] if isinstance(m, dict)]
-        texts.append("\n".join(p for p in parts if isinstance(p, str)))
+    """One text per conversation for the text checks."""
+    texts = [conversation_text(rec) for _, rec in rows]
     return datasets.Dataset.from_dict({"text": texts, "label": [None] * len(rows), "location": [loc for loc, _ in rows]})
 
 
@@ -82,7 +86,8 @@ def prepare_chat(spec: DataSpec, seed: int, force: bool = False, tokenizer: Any 
         given = {k: [(loc, rec) for loc, rec in v if _usable_chat(rec)] for k, v in given.items()}
         if dropped:
             findings.append(Finding("forced-drop", "warning", f"--force: dropped {len(dropped)} conversation(s) "
-                                    "that cannot be trained on", len(dropped), "fix them and rerun", dropped[:10]))
+                                    "that cannot be trained on", len(dropped), "fix them and rerun", dropped[:5],
+                                    locations=dropped))
     return Prepared(splits=_split_rows(given, spec, seed, chat_dataset), labels=[], findings=findings, files=files)
 
 

@@ -461,11 +461,12 @@ def truncation_findings(encoded: dict[str, LMEncoded], max_length: int) -> list[
                                 f"{n} example(s) are longer than max_length={max_length}; {tokens} token(s) cut from "
                                 "their ends (" + ", ".join(f"{k} {len(e.truncated)}" for k, e in cut.items()) + ")",
                                 n, "raise data.max_length, or shorten those conversations",
-                                [loc for e in cut.values() for loc in e.truncated][:10],
-                                {"by_split": {k: len(e.truncated) for k, e in cut.items()}, "tokens_cut": tokens}))
+                                [loc for e in cut.values() for loc in e.truncated][:5],
+                                {"by_split": {k: len(e.truncated) for k, e in cut.items()}, "tokens_cut": tokens},
+                                [loc for e in cut.values() for loc in e.truncated]))
     lost = [loc for e in encoded.values() for loc in e.untrainable]
     if lost:
         findings.append(Finding("no-trained-tokens", "warning",
                                 f"{len(lost)} example(s) have no trained token left after truncation: they teach "
-                                "nothing and are skipped", len(lost), "raise data.max_length", lost[:10]))
+                                "nothing and are skipped", len(lost), "raise data.max_length", lost[:5], locations=lost))
     return findings

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from tunelab.data.findings import MAX_EXAMPLES, DoctorContext, Finding, column, register_check
+from tunelab.data.findings import DoctorContext, Finding, column, register_check, sample
 
 
 def _labels_of(value: Any) -> list[str]:
@@ -21,7 +21,7 @@ def empty_text(ctx: DoctorContext) -> Finding | None:
     if not bad:
         return None
     return Finding("empty-text", "error", f"{len(bad)} example(s) have an empty or whitespace-only text",
-                   len(bad), "remove these rows or fill in their text", bad[:MAX_EXAMPLES])
+                   len(bad), "remove these rows or fill in their text", sample(bad), locations=bad)
 
 
 @register_check("missing-label", "error")
@@ -30,20 +30,21 @@ def missing_label(ctx: DoctorContext) -> Finding | None:
     if not bad:
         return None
     return Finding("missing-label", "error", f"{len(bad)} example(s) have no label", len(bad),
-                   "label these rows or remove them", bad[:MAX_EXAMPLES])
+                   "label these rows or remove them", sample(bad), locations=bad)
 
 
 @register_check("unknown-label", "error")
 def unknown_label(ctx: DoctorContext) -> Finding | None:
     known = set(ctx.labels)
-    bad = [f"{loc} (label '{lab}')" for ds in ctx.splits.values()
-           for value, loc in zip(column(ds, "label"), column(ds, "location")) for lab in _labels_of(value) if lab not in known]
+    hits = [(loc, lab) for ds in ctx.splits.values()
+            for value, loc in zip(column(ds, "label"), column(ds, "location")) for lab in _labels_of(value) if lab not in known]
+    bad = [f"{loc} (label '{lab}')" for loc, lab in hits]
     if not bad:
         return None
     return Finding("unknown-label", "error",
                    f"{len(bad)} label(s) are not among the known labels {sorted(known)}", len(bad),
                    "correct the label, or add it to data.labels (and give the training data examples of it)",
-                   bad[:MAX_EXAMPLES])
+                   sample(bad), locations=[loc for loc, _ in hits])
 
 
 @register_check("single-class", "error")
@@ -74,7 +75,8 @@ def class_too_small(ctx: DoctorContext) -> Finding | None:
                    f"{len(small)} class(es) have fewer than {ctx.min_per_class} examples, too few for a "
                    "stratified train/validation/test split", len(small),
                    "add examples of these classes, merge them into a related class, or provide "
-                   "data.validation and data.test files", examples[:MAX_EXAMPLES])
+                   "data.validation and data.test files", sample(examples),
+                   locations=[loc for locs in small.values() for loc in locs])
 
 
 @register_check("class-imbalance", "warning")

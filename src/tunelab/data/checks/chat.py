@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.findings import MAX_EXAMPLES, DoctorContext, Finding, Severity, register_check
+from tunelab.data.findings import DoctorContext, Finding, Severity, register_check, sample
 from tunelab.data.sources import DataError, Row, _decode, _rows
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "function"})
@@ -78,10 +78,12 @@ def _each_message(ctx: DoctorContext) -> Iterator[tuple[str, int, dict[str, Any]
                 yield loc, i, msg
 
 
-def _finding(check: str, severity: Severity, bad: list[str], what: str, fix: str) -> Finding | None:
+def _finding(check: str, severity: Severity, bad: list[tuple[str, str]], what: str, fix: str) -> Finding | None:
+    """A finding for BAD, (record location, what is wrong there) pairs; every record is in its locations."""
     if not bad:
         return None
-    return Finding(check, severity, f"{len(bad)} {what}", len(bad), fix, bad[:MAX_EXAMPLES])
+    return Finding(check, severity, f"{len(bad)} {what}", len(bad), fix, sample([f"{loc}{why}" for loc, why in bad]),
+                   locations=[loc for loc, _ in bad])
 
 
 @register_check("chat-missing-messages", "error")
@@ -93,16 +95,16 @@ def missing_messages(ctx: DoctorContext) -> Finding | None:
     for _, loc, rec in rows:
         value = rec.get("messages") if isinstance(rec, dict) else None
         if value is None:
-            bad.append(f"{loc}: no 'messages'")
+            bad.append((loc, ": no 'messages'"))
         elif not isinstance(value, list):
-            bad.append(f"{loc}: 'messages' is {type(value).__name__}, not a list")
+            bad.append((loc, f": 'messages' is {type(value).__name__}, not a list"))
     return _finding("chat-missing-messages", "error", bad, "record(s) have no 'messages' list",
                     "give every record a 'messages' list of {role, content} objects")
 
 
 @register_check("chat-message-not-object", "error")
 def message_not_object(ctx: DoctorContext) -> Finding | None:
-    bad = [f"{loc} message {i}: a {type(msg).__name__}, not an object"
+    bad = [(loc, f" message {i}: a {type(msg).__name__}, not an object")
            for _, loc, rec in _chat_records(ctx) or []
            for i, msg in enumerate(_messages(rec) or [], start=1) if not isinstance(msg, dict)]
     return _finding("chat-message-not-object", "error", bad, "message(s) are not JSON objects",
@@ -111,7 +113,7 @@ def message_not_object(ctx: DoctorContext) -> Finding | None:
 
 @register_check("chat-unknown-role", "error")
 def unknown_role(ctx: DoctorContext) -> Finding | None:
-    bad = [f"{loc} message {i}: " + (f"unknown role {msg['role']!r}" if "role" in msg else "no role")
+    bad = [(loc, f" message {i}: " + (f"unknown role {msg['role']!r}" if "role" in msg else "no role"))
            for loc, i, msg in _each_message(ctx) if not (isinstance(msg.get("role"), str) and msg["role"] in ROLES)]
     return _finding("chat-unknown-role", "error", bad, "message(s) have a missing or unknown role",
                     f"use one of {sorted(ROLES)} (e.g. map 'human' to 'user', 'gpt'/'bot' to 'assistant')")
@@ -130,8 +132,8 @@ def _content_ok(msg: dict[str, Any]) -> bool:
 
 @register_check("chat-missing-content", "error")
 def missing_content(ctx: DoctorContext) -> Finding | None:
-    bad = [f"{loc} message {i}: " + ("no content" if msg.get("content") is None
-                                     else f"content is {type(msg['content']).__name__}, not a string")
+    bad = [(loc, f" message {i}: " + ("no content" if msg.get("content") is None
+                                      else f"content is {type(msg['content']).__name__}, not a string"))
            for loc, i, msg in _each_message(ctx) if not _content_ok(msg)]
     return _finding("chat-missing-content", "error", bad, "message(s) have missing or non-string content",
                     "give every message a string 'content' (an assistant turn may carry 'tool_calls' instead)")
@@ -139,7 +141,7 @@ def missing_content(ctx: DoctorContext) -> Finding | None:
 
 @register_check("chat-no-assistant", "error")
 def no_assistant(ctx: DoctorContext) -> Finding | None:
-    bad = [f"{loc}: roles {[m.get('role') for m in msgs if isinstance(m, dict)]}"
+    bad = [(loc, f": roles {[m.get('role') for m in msgs if isinstance(m, dict)]}")
            for _, loc, rec in _chat_records(ctx) or [] if (msgs := _messages(rec)) is not None
            and not any(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs)]
     return _finding("chat-no-assistant", "error", bad, "record(s) have no assistant message to learn from",
@@ -148,7 +150,7 @@ def no_assistant(ctx: DoctorContext) -> Finding | None:
 
 @register_check("chat-unknown-message-key", "error")
 def unknown_message_key(ctx: DoctorContext) -> Finding | None:
-    bad = [f"{loc} message {i}: unknown key(s) {extra}" for loc, i, msg in _each_message(ctx)
+    bad = [(loc, f" message {i}: unknown key(s) {extra}") for loc, i, msg in _each_message(ctx)
            if (extra := sorted(set(_present_keys(msg)) - MESSAGE_KEYS))]
     return _finding("chat-unknown-message-key", "error", bad, "message(s) have keys the format does not allow",
                     f"keep only {sorted(MESSAGE_KEYS)} in a message; move metadata out of the training file")
@@ -156,7 +158,7 @@ def unknown_message_key(ctx: DoctorContext) -> Finding | None:
 
 @register_check("chat-unknown-record-key", "error")
 def unknown_record_key(ctx: DoctorContext) -> Finding | None:
-    bad = [f"{loc}: unknown key(s) {extra}" for _, loc, rec in _chat_records(ctx) or []
+    bad = [(loc, f": unknown key(s) {extra}") for _, loc, rec in _chat_records(ctx) or []
            if isinstance(rec, dict) and (extra := sorted(set(_present_keys(rec)) - RECORD_KEYS))]
     return _finding("chat-unknown-record-key", "error", bad, "record(s) have keys the format does not allow",
                     f"keep only {sorted(RECORD_KEYS)} at the top level of a record")
@@ -225,7 +227,8 @@ def token_counts(ctx: DoctorContext) -> Finding | None:
     ns = sorted(n for _, _, n in counts)
     p95 = ns[min(len(ns) - 1, max(0, -(-95 * len(ns) // 100) - 1))]  # nearest rank
     word = "tokens" if ctx.tokenizer is not None else "words"
-    over = [f"{loc}: {n} {word}" for _, loc, n in counts if ctx.max_length and n > ctx.max_length]
+    over_at = [(loc, n) for _, loc, n in counts if ctx.max_length and n > ctx.max_length]
+    over = [f"{loc}: {n} {word}" for loc, n in over_at]
     per_split = {s: {"examples": len(v), "total": sum(v), "max": max(v)}
                  for s in dict.fromkeys(s for s, _, _ in counts)
                  for v in [[n for t, _, n in counts if t == s]]}
@@ -236,7 +239,7 @@ def token_counts(ctx: DoctorContext) -> Finding | None:
         message += f"; {len(over)} example(s) exceed max_length {ctx.max_length}"
     return Finding("chat-token-counts", "info", message, len(over),
                    "raise max_length, or shorten or split the long examples (their ends are cut in training)",
-                   over[:MAX_EXAMPLES],
+                   sample(over), locations=[loc for loc, _ in over_at],
                    details={"method": "+".join(sorted(methods)), "examples": len(ns), "min": ns[0],
                             "median": statistics.median(ns), "p95": p95, "max": ns[-1], "total": sum(ns),
                             "max_length": ctx.max_length, "over_max_length": len(over), "splits": per_split})

@@ -20,10 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tunelab.data import dedup
-from tunelab.data.findings import MAX_EXAMPLES, DoctorContext, Finding, register_check
+from tunelab.data.findings import MAX_EXAMPLES, SPLIT_ORDER, DoctorContext, Finding, register_check
 
-PARAMS = dedup.NearDupParams()
-SPLIT_ORDER = ("train", "validation", "test")  # leakage looks for each split's texts in the earlier ones
+PARAMS = dedup.NearDupParams()  # the one near-duplicate threshold: the checks and `tunelab data clean` use it
 
 
 def _column(ds: datasets.Dataset, name: str) -> pa.Array:
@@ -66,6 +65,17 @@ class _Analysis:
 
     def loc(self, index: int) -> str:
         return str(self.row(index)["location"])
+
+    def locs(self, indices: np.ndarray) -> list[str]:
+        """Locations of many global row INDICES, in their order, read one split at a time (not row by row)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty(len(indices), dtype=object)
+        owner = np.searchsorted(self.starts, indices, side="right") - 1
+        for s in np.unique(owner):
+            mask = owner == s
+            local = (indices[mask] - self.starts[s]).tolist()
+            out[mask] = _column(self.splits[int(s)].select(local), "location").to_pylist()
+        return [str(v) for v in out]
 
     def snippet(self, index: int, width: int = 50) -> str:
         text = " ".join(str(self.row(index)["text"]).split())
@@ -110,6 +120,12 @@ def analyse(ctx: DoctorContext) -> _Analysis:
     return value
 
 
+def _entry_of_rows(a: _Analysis, rows: np.ndarray) -> np.ndarray:
+    """For each row (with a text), its index in the per-(split, code) arrays `a.u_*` (sorted by that key)."""
+    width = max(len(a.distinct), 1)
+    return np.searchsorted(a.u_split * width + a.u_code, a.split[rows] * width + a.codes[rows])
+
+
 @register_check("exact-duplicate", "warning")
 def exact_duplicate(ctx: DoctorContext) -> Finding | None:
     if not any(len(ds) for ds in ctx.splits.values()):  # chat or image data: no texts to compare
@@ -124,12 +140,14 @@ def exact_duplicate(ctx: DoctorContext) -> Finding | None:
     examples = [f"{a.loc(a.u_first[i])} and {a.loc(a.u_second[i])}"
                 + (f" (+{a.u_count[i] - 2} more)" if a.u_count[i] > 2 else "") + f": {a.snippet(a.u_first[i])}"
                 for i in top]
+    rows = np.flatnonzero(a.codes >= 0)
+    copies = rows[~np.isin(rows, a.u_first)]  # every row after the first of its text in its split
     return Finding("exact-duplicate", "warning",
                    f"{extra} extra cop(ies) of {len(dup)} text(s) within a split (equal after normalising case, "
                    f"whitespace and edge punctuation): {by_split}", extra,
                    "drop the extra copies (they overweight those examples, and an automatic split can put "
                    "copies on both sides of it)", examples,
-                   {"groups": len(dup), "extra_copies": extra, "by_split": by_split})
+                   {"groups": len(dup), "extra_copies": extra, "by_split": by_split}, locations=a.locs(copies))
 
 
 @register_check("near-duplicate", "info")
@@ -152,12 +170,76 @@ def near_duplicate(ctx: DoctorContext) -> Finding | None:
         r1, r2 = int(a.u_first[first[g]]), int(a.u_first[second[g]])
         more = f", +{count[g] - 2} more" if count[g] > 2 else ""
         examples.append(f"{a.loc(r1)} ~ {a.loc(r2)} (similarity {a.similarity(r1, r2):.2f}{more})")
+    # every row whose text nearly repeats the text its group is shown by (exact copies of it are exact-duplicate's)
+    in_group = np.isin(keys, keys[first[groups]]) & ~np.isin(np.arange(len(keys)), first[groups])
+    rows = np.flatnonzero(a.codes >= 0)
+    rows = rows[in_group[_entry_of_rows(a, rows)]]
     return Finding("near-duplicate", "info",
                    f"{extra} text(s) nearly repeat another text of the same split (word-bigram Jaccard >= "
                    f"{PARAMS.threshold}, estimated by MinHash): {by_split}", extra,
                    "review these groups: keep one version of templated or lightly edited texts", examples,
                    {"groups": len(groups), "extra_texts": extra, "by_split": by_split,
-                    "threshold": PARAMS.threshold})
+                    "threshold": PARAMS.threshold}, locations=a.locs(rows))
+
+
+@dataclass
+class Leak:
+    """A row of a later split whose text repeats (exactly, or near-identically) a row of an earlier split."""
+
+    split: str
+    location: str
+    repeats_split: str
+    repeats_location: str
+    exact: bool
+    similarity: float  # word-bigram Jaccard after normalising (1.0 when exact)
+
+    def describe(self) -> str:
+        how = "same text" if self.exact else f"similarity {self.similarity:.2f}"
+        return f"{self.split} {self.location} repeats {self.repeats_split} {self.repeats_location} ({how})"
+
+
+def _first_rows(a: _Analysis, keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(splits, distinct keys) array: the first row of each split carrying each key (-1: none)."""
+    first = np.full((len(a.names), max(len(a.distinct), 1)), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, (a.split[rows], keys), rows)
+    return np.where(first == np.iinfo(np.int64).max, -1, first)
+
+
+def _leaked(a: _Analysis) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every row of a later split that repeats an earlier split: (rows, the earlier row each repeats, exact?).
+
+    The earlier row is an identical text when there is one, else a near-identical one (same near-duplicate
+    cluster, i.e. word-bigram Jaccard >= PARAMS.threshold along a chain of verified pairs)."""
+    rows = np.flatnonzero(a.codes >= 0)
+    by_code = _first_rows(a, a.codes[rows], rows)
+    by_cluster = _first_rows(a, a.cluster[a.codes[rows]], rows)
+    later = rows[a.split[rows] > 0]
+    other = np.full(len(later), -1, dtype=np.int64)
+    exact = np.zeros(len(later), dtype=bool)
+    for earlier in range(len(a.names) - 1):  # earliest split first: a train row is named before a validation one
+        ok = a.split[later] > earlier
+        same = np.where(ok, by_code[earlier, a.codes[later]], -1)
+        near = np.where(ok, by_cluster[earlier, a.cluster[a.codes[later]]], -1)
+        take_exact = (same >= 0) & ~exact
+        other = np.where(take_exact, same, other)
+        exact |= take_exact
+        other = np.where((other < 0) & (near >= 0), near, other)
+    hit = other >= 0
+    return later[hit], other[hit], exact[hit]
+
+
+def leaks(ctx: DoctorContext) -> list[Leak]:
+    """Every leaked row of CTX's splits (what the leakage check reports), for `tunelab data clean` to drop."""
+    if not any(len(ds) for ds in ctx.splits.values()):
+        return []
+    a = analyse(ctx)
+    if len(a.names) < 2:
+        return []
+    rows, other, exact = _leaked(a)
+    where, there = a.locs(rows), a.locs(other)
+    return [Leak(a.names[a.split[r]], loc, a.names[a.split[o]], at, bool(e),
+                 1.0 if e else a.similarity(int(r), int(o)))
+            for r, o, e, loc, at in zip(rows, other, exact, where, there)]
 
 
 @register_check("leakage", "error")
@@ -167,36 +249,22 @@ def leakage(ctx: DoctorContext) -> Finding | None:
     a = analyse(ctx)
     if len(a.names) < 2 or not len(a.u_code):
         return None
-    bits = np.left_shift(1, a.u_split).astype(np.uint64)
-    in_code = np.zeros(len(a.distinct), np.uint64)
-    np.bitwise_or.at(in_code, a.u_code, bits)
-    in_cluster = np.zeros(len(a.distinct), np.uint64)
-    np.bitwise_or.at(in_cluster, a.cluster[a.u_code], bits)
-    rows = np.flatnonzero((a.codes >= 0) & (a.split > 0))
-    earlier = (np.left_shift(1, a.split[rows]) - 1).astype(np.uint64)
-    exact = (in_code[a.codes[rows]] & earlier) != 0
-    near = ~exact & ((in_cluster[a.cluster[a.codes[rows]]] & earlier) != 0)
-    if not (exact.any() or near.any()):
+    rows, other, exact = _leaked(a)
+    if not len(rows):
         return None
-    leaked = rows[exact | near]
-    by_split = {a.names[s]: int((a.split[leaked] == s).sum()) for s in np.unique(a.split[leaked])}
-    examples = []
-    for r in np.r_[rows[exact][:MAX_EXAMPLES], rows[near][:MAX_EXAMPLES]][:MAX_EXAMPLES]:
-        s, code = a.split[r], a.codes[r]
-        same = (a.u_split < s) & ((a.u_code == code) | (a.cluster[a.u_code] == a.cluster[code]))
-        hits = np.flatnonzero(same)
-        hit = hits[np.argmax(a.u_code[hits] == code)]  # an identical text if any, else a near one
-        other = int(a.u_first[hit])
-        how = "same text" if a.u_code[hit] == code else f"similarity {a.similarity(int(r), other):.2f}"
-        examples.append(f"{a.names[s]} {a.loc(int(r))} repeats {a.names[a.u_split[hit]]} {a.loc(other)} ({how})")
-    n = len(leaked)
+    by_split = {a.names[s]: int((a.split[rows] == s).sum()) for s in np.unique(a.split[rows])}
+    shown = np.r_[np.flatnonzero(exact)[:MAX_EXAMPLES], np.flatnonzero(~exact)[:MAX_EXAMPLES]][:MAX_EXAMPLES]
+    examples = [Leak(a.names[a.split[rows[i]]], a.loc(int(rows[i])), a.names[a.split[other[i]]],
+                     a.loc(int(other[i])), bool(exact[i]),
+                     1.0 if exact[i] else a.similarity(int(rows[i]), int(other[i]))).describe() for i in shown]
+    n, n_exact = len(rows), int(exact.sum())
     return Finding("leakage", "error",
                    f"{n} row(s) of {', '.join(by_split)} repeat a text of an earlier split "
-                   f"({int(exact.sum())} identical after normalisation, {int(near.sum())} near-identical): "
-                   f"{by_split}", n,
-                   "remove these rows from the evaluation split (or from train); scores on texts the model "
-                   "trained on overstate its quality. Deduplicate before splitting.", examples,
-                   {"rows": n, "exact": int(exact.sum()), "near": int(near.sum()), "by_split": by_split})
+                   f"({n_exact} identical after normalisation, {n - n_exact} near-identical): {by_split}", n,
+                   "remove these rows from the evaluation split (`tunelab data clean` drops every one of them, "
+                   "near-identical ones included); scores on texts the model trained on overstate its quality",
+                   examples, {"rows": n, "exact": n_exact, "near": n - n_exact, "by_split": by_split,
+                              "threshold": PARAMS.threshold}, locations=a.locs(rows))
 
 
 def _label_strings(ds: datasets.Dataset) -> pa.Array:
@@ -231,9 +299,10 @@ def conflicting_labels(ctx: DoctorContext) -> Finding | None:
         at = first[text_codes == code]
         parts = [f"{a.loc(r)} ('{names[labels[r]]}')" for r in at[:3]]
         examples.append(" vs ".join(parts) + f": {a.snippet(int(at[0]))}")
-    involved = int(np.isin(a.codes[rows], conflicted).sum())
+    involved_rows = rows[np.isin(a.codes[rows], conflicted)]
+    involved = len(involved_rows)
     return Finding("conflicting-labels", "warning",
                    f"{len(conflicted)} text(s) occur with different labels ({involved} rows)", len(conflicted),
                    "decide the right label for each text and correct or drop the others; if both labels are "
                    "right, the task may need to be multi-label", examples,
-                   {"groups": len(conflicted), "rows": involved})
+                   {"groups": len(conflicted), "rows": involved}, locations=a.locs(involved_rows))

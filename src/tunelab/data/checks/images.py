@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from PIL import Image, UnidentifiedImageError
 
-from tunelab.data.findings import MAX_EXAMPLES, DoctorContext, Finding, register_check
+from tunelab.data.findings import SPLIT_ORDER, DoctorContext, Finding, register_check, sample
 
 MIN_SIDE = 32  # below this most vision backbones upscale pure noise (ImageNet models expect 224)
 IMAGE_KINDS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WebP", "HEIC", "AVIF")
@@ -125,32 +125,35 @@ def scan(ctx: DoctorContext) -> tuple[ImageInfo, ...] | None:
 
 @register_check("image-unreadable", "error")
 def unreadable(ctx: DoctorContext) -> Finding | None:
-    bad = [f"{i.location}: {i.reason}" for i in scan(ctx) or () if i.problem == "unreadable"]
+    hits = [i for i in scan(ctx) or () if i.problem == "unreadable"]
+    bad = [f"{i.location}: {i.reason}" for i in hits]
     if not bad:
         return None
     return Finding("image-unreadable", "error", f"{len(bad)} image file(s) are missing, corrupt or truncated",
-                   len(bad), "re-export or re-download these files, or remove them from the data", bad[:MAX_EXAMPLES])
+                   len(bad), "re-export or re-download these files, or remove them from the data", sample(bad),
+                   locations=[i.location for i in hits])
 
 
 @register_check("image-not-an-image", "error")
 def not_an_image(ctx: DoctorContext) -> Finding | None:
-    bad = [f"{i.location}: {i.reason}" for i in scan(ctx) or () if i.problem == "not-an-image"]
+    hits = [i for i in scan(ctx) or () if i.problem == "not-an-image"]
+    bad = [f"{i.location}: {i.reason}" for i in hits]
     if not bad:
         return None
     return Finding("image-not-an-image", "error", f"{len(bad)} file(s) are not images", len(bad),
                    "remove these files from the image folders (or fetch the real images they stand for)",
-                   bad[:MAX_EXAMPLES])
+                   sample(bad), locations=[i.location for i in hits])
 
 
 @register_check("image-tiny", "warning")
 def tiny(ctx: DoctorContext) -> Finding | None:
-    bad = [f"{i.location}: {i.width}x{i.height}" for i in scan(ctx) or ()
-           if i.problem is None and min(i.width, i.height) < MIN_SIDE]
+    hits = [i for i in scan(ctx) or () if i.problem is None and min(i.width, i.height) < MIN_SIDE]
+    bad = [f"{i.location}: {i.width}x{i.height}" for i in hits]
     if not bad:
         return None
     return Finding("image-tiny", "warning", f"{len(bad)} image(s) have a side under {MIN_SIDE} px", len(bad),
                    "check these are real examples (icons and thumbnails often are not); upscaling adds no detail",
-                   bad[:MAX_EXAMPLES])
+                   sample(bad), locations=[i.location for i in hits])
 
 
 @register_check("image-mixed-modes", "warning")
@@ -162,13 +165,14 @@ def mixed_modes(ctx: DoctorContext) -> Finding | None:
     if len(modes) < 2:
         return None
     common = modes.most_common(1)[0][0]
-    odd = [f"{i.location}: mode {i.mode} ({i.format}, {i.width}x{i.height})" for i in good if i.mode != common]
+    odd_images = [i for i in good if i.mode != common]
+    odd = [f"{i.location}: mode {i.mode} ({i.format}, {i.width}x{i.height})" for i in odd_images]
     summary = ", ".join(f"{m} {n}" for m, n in modes.most_common())
     return Finding("image-mixed-modes", "warning", f"images have mixed colour modes ({summary}); "
                    f"{len(odd)} differ from the usual {common}", len(odd),
                    f"look at the odd ones (placeholders? scans?), then convert all images to {common}",
-                   odd[:MAX_EXAMPLES], details={"modes": dict(modes),
-                                                "formats": dict(Counter(i.format for i in good))})
+                   sample(odd), details={"modes": dict(modes), "formats": dict(Counter(i.format for i in good))},
+                   locations=[i.location for i in odd_images])
 
 
 def _cross_split_groups(good: list[ImageInfo], key: str) -> list[list[ImageInfo]]:
@@ -182,6 +186,16 @@ def _describe(group: list[ImageInfo]) -> str:
     return " = ".join(f"{i.location} ({i.split})" for i in group)
 
 
+def _copies(groups: list[list[ImageInfo]]) -> list[str]:
+    """Every image of GROUPS outside the group's earliest split: the copies the fix removes."""
+    rank = lambda split: SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER)
+    out = []
+    for group in groups:
+        first = min((i.split for i in group), key=rank)
+        out += [i.location for i in group if i.split != first]
+    return out
+
+
 @register_check("image-split-duplicate", "error")
 def split_duplicate(ctx: DoctorContext) -> Finding | None:
     """The same pixels in train and in an evaluation split make the evaluation score partly a memory test."""
@@ -190,8 +204,8 @@ def split_duplicate(ctx: DoctorContext) -> Finding | None:
         return None
     return Finding("image-split-duplicate", "error", f"{len(groups)} image(s) occur in more than one split",
                    len(groups), "keep each image in one split only (remove the copies from validation/test)",
-                   [_describe(g) for g in groups[:MAX_EXAMPLES]],
-                   details={"copies": sum(len(g) for g in groups)})
+                   sample([_describe(g) for g in groups]),
+                   details={"copies": sum(len(g) for g in groups)}, locations=_copies(groups))
 
 
 @register_check("image-split-near-duplicate", "warning")
@@ -205,4 +219,4 @@ def split_near_duplicate(ctx: DoctorContext) -> Finding | None:
     return Finding("image-split-near-duplicate", "warning",
                    f"{len(groups)} image(s) look alike across splits (same average hash, different pixels)",
                    len(groups), "look at them; if they are the same picture, keep it in one split only",
-                   [_describe(g) for g in groups[:MAX_EXAMPLES]])
+                   sample([_describe(g) for g in groups]), locations=_copies(groups))

@@ -35,6 +35,7 @@ class _Tally:
     matches: int = 0
     by_split: Counter[str] = field(default_factory=Counter)
     examples: list[tuple[str, int, str]] = field(default_factory=list)  # (split, row, masked value)
+    rows: list[tuple[str, int]] = field(default_factory=list)  # (split, row) of every text holding this kind
 
 
 def candidate_rows(texts: Any) -> tuple[list[int], list[str]]:
@@ -73,6 +74,7 @@ def scan_split(name: str, ds: datasets.Dataset, tallies: dict[str, _Tally]) -> N
             tally.texts += 1
             tally.matches += n
             tally.by_split[name] += n
+            tally.rows.append((name, row))
         for m in matches:
             tally = tallies[m.kind]
             if len(tally.examples) < MAX_EXAMPLES:
@@ -83,8 +85,8 @@ def _locations(ds: datasets.Dataset, rows: list[int]) -> dict[int, str]:
     """Locations of ROWS only: reading the whole location column of a large split would cost more."""
     if "location" not in ds.column_names:
         return {row: f"row {row}" for row in rows}
-    column = ds.with_format("arrow")["location"]
-    return {row: str(column[row].as_py()) for row in rows}
+    column = ds.with_format("arrow")["location"].take(rows).to_pylist()
+    return {row: str(loc) for row, loc in zip(rows, column)}
 
 
 @register_check("personal-data", "warning")
@@ -99,9 +101,9 @@ def personal_data(ctx: DoctorContext) -> list[Finding] | None:
                for kind, t in tallies.items()}
     wanted: dict[str, list[int]] = {}
     for tally in tallies.values():
-        for split, row, _ in tally.examples:
+        for split, row in tally.rows:
             wanted.setdefault(split, []).append(row)
-    where = {split: _locations(ctx.splits[split], rows) for split, rows in wanted.items()}
+    where = {split: _locations(ctx.splits[split], sorted(set(rows))) for split, rows in wanted.items()}
     findings = []
     for kind in (k for k in KINDS if k in tallies):
         tally = tallies[kind]
@@ -110,5 +112,6 @@ def personal_data(ctx: DoctorContext) -> list[Finding] | None:
         findings.append(Finding(
             "personal-data", "warning",
             f"{tally.matches} {_NAMES[kind]} in {tally.texts} text(s) ({splits})",
-            tally.matches, FIX, examples, {"kind": kind, "texts": tally.texts, "by_kind": by_kind}))
+            tally.matches, FIX, examples, {"kind": kind, "texts": tally.texts, "by_kind": by_kind},
+            locations=[where[s][row] for s, row in tally.rows]))
     return findings

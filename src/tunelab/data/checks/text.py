@@ -21,10 +21,9 @@ import ftfy
 import ftfy.badness
 import numpy as np
 
-from tunelab.data.findings import MAX_EXAMPLES, DoctorContext, Finding, column, register_check
+from tunelab.data.findings import MAX_EXAMPLES, DoctorContext, Finding, column, register_check, sample
 
 MIN_WORDS = 3
-MAX_LOCATIONS = 1000  # flagged locations kept in details, for the report and the clean command
 TOKENIZE_SAMPLE = 200_000  # above this many texts, too-long measures a seeded sample
 TOKENIZE_BATCH = 10_000
 HISTOGRAM_BINS = 20
@@ -81,9 +80,8 @@ def _flagged(check: str, severity: str, message: str, fix: str, hits: list[tuple
              total: int, **details: Any) -> Finding:
     """A Finding for HITS, (location, example text) pairs, with their share of TOTAL texts."""
     return Finding(check, severity, message, len(hits), fix,  # type: ignore[arg-type]
-                   [f"{loc}: {text}" if text else loc for loc, text in hits[:MAX_EXAMPLES]],
-                   {"share": round(len(hits) / max(total, 1), 6),
-                    "locations": [loc for loc, _ in hits[:MAX_LOCATIONS]], **details})
+                   sample([f"{loc}: {text}" if text else loc for loc, text in hits]),
+                   {"share": round(len(hits) / max(total, 1), 6), **details}, locations=[loc for loc, _ in hits])
 
 
 def _clip(text: str, width: int = 60) -> str:
@@ -151,9 +149,13 @@ def too_long(ctx: DoctorContext) -> Finding | None:
     count = round(share * total) if sampled else len(over)
     longest = over[np.argsort(-lengths[over], kind="stable")][:MAX_EXAMPLES]
 
-    def location(row: int) -> str:
-        ds, first = next((d, f) for d, f in reversed(owners) if f <= row)
-        return _locations(ds, [row - first])[0]
+    def locations(rows_: list[int]) -> list[str]:
+        """Locations of global ROWS_, read one split at a time."""
+        found: dict[int, str] = {}
+        for (ds, first), (_, end) in zip(owners, owners[1:] + [(None, total)]):
+            mine = [r for r in rows_ if first <= r < end]
+            found.update(zip(mine, _locations(ds, [r - first for r in mine])))
+        return [found[r] for r in rows_]
 
     edges = np.unique(np.round(np.geomspace(1, lengths.max() + 1, HISTOGRAM_BINS + 1), 1))
     counts, edges = np.histogram(lengths, bins=edges)
@@ -164,11 +166,12 @@ def too_long(ctx: DoctorContext) -> Finding | None:
         f"{'~' if sampled else ''}{count} text(s) ({share:.1%}) are longer than max_length={ctx.max_length} "
         f"tokens and will be truncated; the longest has {int(lengths.max())} tokens{note}",
         count, "raise max_length (slower), or split long texts / put the informative part first",
-        [f"{location(int(rows[i]))}: {int(lengths[i])} tokens" for i in longest],
+        [f"{loc}: {int(lengths[i])} tokens" for loc, i in zip(locations([int(rows[i]) for i in longest]), longest)],
         {"max_length": ctx.max_length, "share": round(share, 6), "longest": int(lengths.max()),
          "percentiles": {**pct, "max": int(lengths.max())},
          "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
-         "sampled": sampled, "measured": int(len(rows)), "total": total})
+         "sampled": sampled, "measured": int(len(rows)), "total": total},
+        locations=locations(sorted(int(rows[i]) for i in over)))
 
 
 @register_check("mojibake", "warning")
