@@ -6,12 +6,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from tunelab.spec import RunSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune pre-trained models for your task, with evidence that they beat the base.")
@@ -67,18 +70,34 @@ def _summary_table(metrics: dict, metric_names: tuple[str, ...] = ("accuracy", "
     return table
 
 
+TRUST_PICKLE_HELP = ("Load the base model even where its weights are pickle files (.bin/.pt), which can run code: "
+                     "only for a folder you vetted yourself; warned about and recorded in run.json. Better: "
+                     "`tunelab convert-weights FOLDER` once.")
+
+
+def trust_base_pickle(run_spec: RunSpec, trust: bool) -> None:
+    """--trust-pickle: set model.trust_pickle on RUN_SPEC and say so (also when the spec file set it)."""
+    if trust:
+        run_spec.model.trust_pickle = True
+    if run_spec.model.trust_pickle:
+        err.print("[bold yellow]warning:[/] model.trust_pickle is on: the base model may be loaded from pickle "
+                  "weights, which can run code; recorded in run.json", highlight=False)
+
+
 @app.command()
 def train(spec: Path = typer.Argument(..., help="Run spec (YAML)."),
           name: Optional[str] = typer.Option(None, help="Run name; overrides the spec's."),
           resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
-          force: bool = typer.Option(False, "--force", help="Train despite data errors (recorded in the report).")) -> None:
+          force: bool = typer.Option(False, "--force", help="Train despite data errors (recorded in the report)."),
+          trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_PICKLE_HELP)) -> None:
     """Fine-tune the base model on the spec's data; write runs/<name>/."""
     from tunelab.spec import load_spec
 
     run_spec = load_spec(spec)  # light (pydantic + yaml): a typo is reported before torch is imported
     if name:
         run_spec.name = name
+    trust_base_pickle(run_spec, trust_pickle)
     from tunelab.recipes import fine_tune
     from tunelab.train.interrupt import Interrupted
 
@@ -103,7 +122,6 @@ def train(spec: Path = typer.Argument(..., help="Run spec (YAML)."),
 
 
 NOT_PROMOTED_EXIT = 3  # as tunelab.evaluate.gate.NOT_PROMOTED_EXIT (kept here so the CLI imports stay light)
-
 
 def _print_gate(verdict: dict, spec: Path) -> None:
     """The promotion gate's verdict; when the model is not promoted, why, and what to change."""
@@ -169,7 +187,8 @@ def auto_ladder(spec: Path = typer.Argument(..., help="Run spec (YAML): task, ba
                                                 "1: no search."),
                 name: Optional[str] = typer.Option(None, help="Ladder name; overrides the spec's."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing ladder folder."),
-                force: bool = typer.Option(False, "--force", help="Train despite data errors (recorded in the report).")
+                force: bool = typer.Option(False, "--force", help="Train despite data errors (recorded in the report)."),
+                trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_PICKLE_HELP)
                 ) -> None:
     """Climb zero-shot -> few-shot -> LoRA -> full fine-tuning while the validation gain pays for the compute;
     the winner is an ordinary run directory (exit 3 when no trained rung beats zero-shot)."""
@@ -179,6 +198,7 @@ def auto_ladder(spec: Path = typer.Argument(..., help="Run spec (YAML): task, ba
     run_spec = load_spec(spec)
     if name:
         run_spec.name = name
+    trust_base_pickle(run_spec, trust_pickle)
     try:
         seconds = duration_seconds(budget)
     except ValueError as e:
@@ -489,6 +509,21 @@ def chat(run: Path = typer.Argument(..., help="A chat run directory."),
         history += [{"role": "user", "content": line}, {"role": "assistant", "content": answer}]
         sys.stdout.write(f"model> {answer}\n")
         sys.stdout.flush()
+
+
+@app.command("convert-weights")
+def convert_weights(folder: Path = typer.Argument(..., help="A model or adapter folder you trust."),
+                    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write a converted copy of the folder "
+                                                           "here (without its pickle files) instead of converting "
+                                                           "in place.")) -> None:
+    """Convert a folder's pickle weights (.bin, .pt, .pth, .ckpt, .pkl) to safetensors, the only format tunelab
+    loads: in place, beside them (the folder's other files untouched), or into --out. Reads tensors only (torch's
+    weights_only loader), so a file that holds anything else is refused, never run."""
+    from tunelab.run.weights import convert_weights as convert
+
+    for source, dest in convert(folder, out_dir):
+        out.print(f"{source} -> {dest}", highlight=False)
+    out.print(f"{out_dir or folder}: safetensors weights written; tunelab loads it now", highlight=False)
 
 
 @app.command()

@@ -1,4 +1,9 @@
-"""The request log: RequestStore on SQLite, and on a throw-away PostgreSQL cluster when one can be started."""
+"""The request log: RequestStore on SQLite, and on a throw-away PostgreSQL cluster when one can be started.
+
+Without PostgreSQL the cluster test skips, except under CI: `.ci/run` installs PostgreSQL and sets
+TUNELAB_REQUIRE_POSTGRES=1, and then a cluster that cannot be started fails the test, so a silent skip cannot
+hide that the PostgreSQL store went untested.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -83,13 +89,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+POSTGRES_BINARIES = ("initdb", "pg_ctl", "postgres")
+
+
+def _unavailable(reason: str) -> NoReturn:
+    """Skip the PostgreSQL test, or fail it when TUNELAB_REQUIRE_POSTGRES=1 (set by .ci/run)."""
+    if os.environ.get("TUNELAB_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"TUNELAB_REQUIRE_POSTGRES=1 but the PostgreSQL test cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _debian_version(bin_dir: Path) -> int:
+    return int(bin_dir.parent.name) if bin_dir.parent.name.isdigit() else 0
+
+
+def postgres_bin_dir() -> Path | None:
+    """The first folder holding initdb, pg_ctl and postgres together: where PATH finds initdb, /usr/local/bin,
+    or Debian's /usr/lib/postgresql/<version>/bin (newest first; Debian keeps these binaries off PATH)."""
+    on_path = shutil.which("initdb")
+    candidates = [Path(on_path).parent] if on_path else []
+    candidates.append(Path("/usr/local/bin"))
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_debian_version, reverse=True)
+    return next((d for d in candidates if all((d / name).is_file() for name in POSTGRES_BINARIES)), None)
+
+
 @pytest.fixture()
 def postgres_url(tmp_path_factory: pytest.TempPathFactory):
     """A PostgreSQL cluster in a temp folder on a free loopback port (as the 'postgres' user when run as root)."""
-    pytest.importorskip("psycopg")
-    bins = {name: shutil.which(name) or f"/usr/local/bin/{name}" for name in ("initdb", "pg_ctl", "postgres")}
-    if not all(Path(p).exists() for p in bins.values()):
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl, postgres) not found")
+    try:
+        import psycopg  # noqa: F401 - the driver the URL below names
+    except ImportError:
+        _unavailable("psycopg is not installed (pip install -e '.[dev]')")
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        _unavailable("PostgreSQL binaries (initdb, pg_ctl, postgres) not found on PATH, in /usr/local/bin or in "
+                     "/usr/lib/postgresql/*/bin (Debian: apt-get install postgresql)")
+    bins = {name: str(bin_dir / name) for name in POSTGRES_BINARIES}
     prefix: list[str] = []
     root = tmp_path_factory.mktemp("pg")
     if os.geteuid() == 0:  # initdb refuses to run as root
@@ -99,9 +134,9 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory):
 
             pw = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run the cluster")
+            _unavailable("running as root and there is no 'postgres' user to run the cluster")
         if not runuser:
-            pytest.skip("running as root without runuser")
+            _unavailable("running as root without runuser")
         prefix = [runuser, "-u", "postgres", "--"]
         os.chown(root, pw.pw_uid, pw.pw_gid)
         for parent in root.parents:  # the postgres user must be able to reach the folder
@@ -112,12 +147,12 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory):
     init = subprocess.run([*prefix, bins["initdb"], "-D", str(data), "-U", "tunelab", "--auth=trust", "-E", "UTF8"],
                           capture_output=True, text=True, timeout=120)
     if init.returncode != 0:
-        pytest.skip(f"initdb failed: {init.stderr[-300:]}")
+        _unavailable(f"initdb failed: {init.stderr[-300:]}")
     start = subprocess.run([*prefix, bins["pg_ctl"], "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60", "-o",
                             f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
                            capture_output=True, text=True, timeout=90)
     if start.returncode != 0:
-        pytest.skip(f"postgres did not start: {start.stderr[-300:]}")
+        _unavailable(f"postgres did not start: {start.stderr[-300:]}")
     try:
         yield f"postgresql+psycopg://tunelab@127.0.0.1:{port}/postgres"
     finally:
@@ -131,3 +166,13 @@ def test_postgres_store(postgres_url: str) -> None:
     _exercise(store)
     store.close()
     assert time.time() - started < 60
+
+
+def test_missing_postgres_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside CI a missing PostgreSQL skips; with TUNELAB_REQUIRE_POSTGRES=1 (.ci/run) it fails instead."""
+    monkeypatch.delenv("TUNELAB_REQUIRE_POSTGRES", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no initdb"):
+        _unavailable("no initdb")
+    monkeypatch.setenv("TUNELAB_REQUIRE_POSTGRES", "1")
+    with pytest.raises(pytest.fail.Exception, match="TUNELAB_REQUIRE_POSTGRES=1 but .*no initdb"):
+        _unavailable("no initdb")

@@ -26,7 +26,10 @@ def tune(spec: Path = typer.Argument(..., help="Run spec (YAML); its search: sec
          study: Optional[str] = typer.Option(None, "--study", help="Study name, and its folder <output.dir>/<study>; "
                                              "default the spec's run name."),
          name: Optional[str] = typer.Option(None, help="Run name; overrides the spec's (the study folder is "
-                                            "<output.dir>/<name>).")) -> None:
+                                            "<output.dir>/<name>)."),
+         trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Load the base model even where its "
+                                           "weights are pickle files, which can run code (as `tunelab train "
+                                           "--trust-pickle`; every trial's run.json records it).")) -> None:
     """Search learning rate, epochs, batch size, warmup, weight decay (and LoRA r/alpha/dropout) with Optuna;
     each trial is a run under <output.dir>/<name>/trials/, the winner is scored on test once."""
     from rich.console import Console
@@ -38,8 +41,13 @@ def tune(spec: Path = typer.Argument(..., help="Run spec (YAML); its search: sec
     run_spec = load_spec(spec)  # light: a typo in the spec or its search section fails before torch loads
     if name:
         run_spec.name = name
+    if trust_pickle:
+        run_spec.model.trust_pickle = True
     seconds = duration_seconds(timeout, "--timeout")
     console = Console(soft_wrap=True)
+    if run_spec.model.trust_pickle:
+        Console(stderr=True, soft_wrap=True).print("[bold yellow]warning:[/] model.trust_pickle is on: the base model may be loaded from pickle "
+                      "weights, which can run code; recorded in each trial's run.json", highlight=False)
     from tunelab.auto.search_space import describe, resolve_space
     from tunelab.auto.tune import tune as run_tune
 

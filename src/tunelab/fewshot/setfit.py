@@ -108,6 +108,7 @@ def train_setfit(job: TrainJob) -> tuple[SentenceClassifier, TrainState]:
     from transformers import set_seed
 
     from tunelab.fewshot.model import from_encoder
+    from tunelab.run.weights import base_weights
     from tunelab.train.loop import TIME_LIMIT, TrainState
     from tunelab.train.methods import MethodUnavailable
 
@@ -117,7 +118,9 @@ def train_setfit(job: TrainJob) -> tuple[SentenceClassifier, TrainState]:
     cfg, labels = spec.model.setfit, list(task.labels)
     device = str(accelerator.device)
     set_seed(spec.training.seed)  # the differentiable head's initial weights
-    body = SentenceTransformer(job.base, device=device)  # not SetFitModel.from_pretrained: it unpickles heads
+    # not SetFitModel.from_pretrained: it unpickles heads; the body's folders are safetensors unless trusted
+    body = SentenceTransformer(job.base, device=device,
+                               model_kwargs={"use_safetensors": base_weights(job.base, spec.model.trust_pickle)})
     body.max_seq_length = spec.data.max_length  # the same truncation as the task's tokenizer
     pooling, normalize = body_layout(body)
     head = (SetFitHead(body.get_sentence_embedding_dimension(), len(labels), device=device)

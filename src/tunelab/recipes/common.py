@@ -104,7 +104,7 @@ def start_run(spec: RunSpec, resume: bool, overwrite: bool, started: float) -> t
     run_dir, resume = _open_run_dir(spec, resume, overwrite, accelerator)
     if accelerator.is_main_process:
         write_json(RunDir(run_dir).file(RunDir.STATUS), {"status": "running", "started": started, "tunelab": __version__,
-                                          "processes": accelerator.num_processes})
+                                          "processes": accelerator.num_processes, **_trust_record(spec)})
     return accelerator, run_dir, resume
 
 
@@ -129,10 +129,30 @@ def _run_gpus(accelerator: Accelerator, local: int) -> list[str]:
 
 
 def resolve_base(spec: RunSpec) -> str:
-    """plan: the base model as a local folder (bundled name, folder or hub id), checked to be loadable."""
+    """plan: the base model as a local folder (bundled name, folder or hub id), checked to be loadable, and to
+    hold safetensors weights unless model.trust_pickle (tunelab.run.weights; refused before any work, or warned)."""
+    from tunelab.run.weights import base_weights
+
     base = catalog.resolve(spec.model.base)
     catalog.check_loadable(base)
+    base_weights(base, spec.model.trust_pickle)
     return base
+
+
+def _trust_record(spec: RunSpec) -> dict[str, Any]:
+    """run.json's record of model.trust_pickle: the flag and the pickle files it let the base be read from."""
+    if not spec.model.trust_pickle:
+        return {}
+    from tunelab.run.weights import pickle_only_files
+
+    files = pickle_only_files(Path(catalog.resolve(spec.model.base)))
+    return {"trust_pickle": True, "trusted_pickle_files": [str(p) for p in files]}
+
+
+def _carried_trust(run_dir: Path) -> dict[str, Any]:
+    """The trust record start_run wrote, carried into the final run.json."""
+    status = RunDir(run_dir).status()
+    return {key: status[key] for key in ("trust_pickle", "trusted_pickle_files") if key in status}
 
 
 def package(run_dir: Path, metrics: dict[str, Any], details: dict[str, Any], state: TrainState) -> None:
@@ -168,4 +188,4 @@ def mark_completed(run_dir: Path, state: TrainState, started: float, resume: boo
         "status": "completed" if verdict.promoted else "not-promoted", "started": started, "finished": time.time(),
         "tunelab": __version__, "processes": accelerator.num_processes, "resumed": resume,
         "best_epoch": state.best_epoch, "stop_reason": state.stop_reason, "gate": verdict.to_dict(),
-        **({"energy": energy} if energy else {})})
+        **({"energy": energy} if energy else {}), **_carried_trust(run_dir)})

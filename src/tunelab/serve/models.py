@@ -388,19 +388,7 @@ class GeneratorModel(ServedModel):
         from tunelab.lm.generation import stop_token_ids
         from tunelab.lm.use import load_generator, task_for
 
-        run_dir = RunDir(run)
-        folder = next((f for f in (run_dir.exports / "merged", run_dir.model, run) if (f / "config.json").is_file()),
-                      None)
-        if folder is not None:
-            check_safetensors(folder, depth=0)
-        elif (run_dir.adapter / "adapter_config.json").is_file():
-            from tunelab.run.files import read_json
-
-            check_safetensors(run_dir.adapter, depth=0)
-            base = read_json(run_dir.adapter / "adapter_config.json").get("base_model_name_or_path")
-            if base and Path(base).is_dir():
-                check_safetensors(Path(base), depth=0)
-        self.model, self.tokenizer = load_generator(run)
+        self.model, self.tokenizer = load_generator(run)  # safetensors only: the folder, adapter and its base
         self.model.eval()
         self.task = task_for(run, self.tokenizer)
         self.stops = stop_token_ids(self.tokenizer)

@@ -70,6 +70,10 @@ class ModelSpec(Section):
     )
     method: str | None = Field(None, description="How the base model is adapted (the task lists its methods).")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings, used when method is lora.")
+    trust_pickle: bool = Field(
+        False, description="Load the base model even where its weights are pickle files (.bin/.pt), which can run "
+        "code when loaded; only for a folder you vetted yourself (`tunelab train --trust-pickle` sets it; better: "
+        "`tunelab convert-weights FOLDER` once). Warned about and recorded in run.json.")
 
 
 class SplitSpec(Section):

@@ -74,8 +74,10 @@ class LMCore:
     """What the chat and completion tasks share, composed into each: tokenizer, model loading (attention that
     keeps concatenated examples apart), batching, loss, held-out loss, saving and loading."""
 
-    def __init__(self, max_length: int, batching: str = "padding-free", method: str = "lora") -> None:
+    def __init__(self, max_length: int, batching: str = "padding-free", method: str = "lora",
+                 trust_pickle: bool = False) -> None:
         self.max_length, self.batching, self.method = max_length, batching, method
+        self.trust_pickle = trust_pickle  # model.trust_pickle: the base may be read from pickle weights
         self.tokenizer: Any = None
         self.added_tokens = 0
 
@@ -95,8 +97,10 @@ class LMCore:
         from transformers import AutoModelForCausalLM
 
         from tunelab.lm.batching import training_attention
+        from tunelab.run.weights import base_weights
 
-        kwargs: dict[str, Any] = {"attn_implementation": training_attention()}
+        kwargs: dict[str, Any] = {"attn_implementation": training_attention(),
+                                  "use_safetensors": base_weights(folder, self.trust_pickle)}
         if self.method == "qlora":
             from transformers import BitsAndBytesConfig
 
@@ -285,14 +289,14 @@ class ChatTask(_LMTask):
     routes = ("/v1/chat/completions",)
 
     def __init__(self, max_length: int, batching: str = "padding-free", train_on: str = "all-assistant",
-                 chat_template: str | None = None, method: str = "lora") -> None:
-        self.lm = LMCore(max_length, batching, method)
+                 chat_template: str | None = None, method: str = "lora", trust_pickle: bool = False) -> None:
+        self.lm = LMCore(max_length, batching, method, trust_pickle)
         self.train_on, self.chat_template = train_on, chat_template
 
     @classmethod
     def from_spec(cls, spec: Any, labels: list[str] | None = None) -> "ChatTask":
         return cls(spec.data.max_length, spec.training.batching, spec.data.train_on, spec.data.chat_template,
-                   spec.model.method)
+                   spec.model.method, spec.model.trust_pickle)
 
     @classmethod
     def prepare_data(cls, spec: Any, base: str, force: bool, tokenizer: Any = None) -> Any:
@@ -371,12 +375,13 @@ class CompletionTask(_LMTask):
                                                  "model": {"base": "SmolLM2-135M-Instruct"}}
     routes = ("/v1/completions",)
 
-    def __init__(self, max_length: int, batching: str = "padding-free", method: str = "lora") -> None:
-        self.lm = LMCore(max_length, batching, method)
+    def __init__(self, max_length: int, batching: str = "padding-free", method: str = "lora",
+                 trust_pickle: bool = False) -> None:
+        self.lm = LMCore(max_length, batching, method, trust_pickle)
 
     @classmethod
     def from_spec(cls, spec: Any, labels: list[str] | None = None) -> "CompletionTask":
-        return cls(spec.data.max_length, spec.training.batching, spec.model.method)
+        return cls(spec.data.max_length, spec.training.batching, spec.model.method, spec.model.trust_pickle)
 
     @classmethod
     def prepare_data(cls, spec: Any, base: str, force: bool, tokenizer: Any = None) -> Any:

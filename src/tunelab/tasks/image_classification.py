@@ -55,13 +55,13 @@ class ImageClassification(LabelOutputs):
     checkpoint_everything = True  # small models, and gradual unfreezing changes what trains mid-run
 
     def __init__(self, labels: list[str], method: str = "full", image_size: int | None = None,
-                 augment: str = "default", seed: int = 42) -> None:
+                 augment: str = "default", seed: int = 42, trust_pickle: bool = False) -> None:
         self.space = LabelSpace(labels)
         self.labels, self.multi_label, self.label2id = self.space.labels, False, self.space.label2id
         self.method = method
         self.tokenizer: Any = None  # images only: no text to tokenize
         self.max_length = 0
-        self.images = ImageInputs(image_size, augment, seed)
+        self.images = ImageInputs(image_size, augment, seed, trust_pickle)
         self.extra_baselines: dict[str, dict[str, Any]] = {}
 
     @property
@@ -71,7 +71,7 @@ class ImageClassification(LabelOutputs):
     @classmethod
     def from_spec(cls, spec: Any, labels: list[str] | None = None) -> "ImageClassification":
         return cls(list(labels or spec.data.labels or []), method=spec.model.method, image_size=spec.data.image_size,
-                   augment=spec.data.augment, seed=spec.training.seed)
+                   augment=spec.data.augment, seed=spec.training.seed, trust_pickle=spec.model.trust_pickle)
 
     @classmethod
     def prepare_data(cls, spec: Any, base: str, force: bool, tokenizer: Any = None) -> Any:
@@ -170,6 +170,6 @@ class ImageClassification(LabelOutputs):
         model = load_image_model(model_dir).eval()
         id2label = model.config["id2label"]
         labels = [id2label[i] if i in id2label else id2label[str(i)] for i in range(model.num_labels)]
-        task = cls(labels)
+        task = cls(labels, trust_pickle=spec.model.trust_pickle)  # the base, for re-scoring the baseline
         task.images.processing = ImageProcessing.load(model_dir)
         return task, model

@@ -13,8 +13,10 @@ import numpy as np
 class ImageInputs:
     """The pixel side of an image task: resize + centre crop (evaluation), crop/flip/jitter (training)."""
 
-    def __init__(self, image_size: int | None = None, augment: str = "default", seed: int = 42) -> None:
+    def __init__(self, image_size: int | None = None, augment: str = "default", seed: int = 42,
+                 trust_pickle: bool = False) -> None:
         self.image_size, self.augment, self.seed = image_size, augment, seed
+        self.trust_pickle = trust_pickle  # model.trust_pickle: a transformers base may be read from pickle weights
         self.processing: Any = None
         self._train_collator: Any = None
 
@@ -28,7 +30,7 @@ class ImageInputs:
         if str(base).lower() in EFFICIENTNET_ALIASES and self.image_size:
             model = build_efficientnet_lite0(len(labels), id2label, pretrained=True, image_size=self.image_size)
         else:
-            model = build_image_model(base, len(labels), id2label)
+            model = build_image_model(base, len(labels), id2label, trust_pickle=self.trust_pickle)
         size = self.image_size or int(model.config.get("image_size", 224))
         proc = ImageProcessing.for_crop(size)
         proc.mean = tuple(model.config.get("image_mean", proc.mean))

@@ -89,16 +89,17 @@ class TextClassification(LabelOutputs):
     checkpoint_everything = False
 
     def __init__(self, labels: list[str], multi_label: bool = False, max_length: int = 256,
-                 method: str = "full") -> None:
+                 method: str = "full", trust_pickle: bool = False) -> None:
         self.space = LabelSpace(labels, multi_label)
         self.labels, self.multi_label, self.label2id = self.space.labels, multi_label, self.space.label2id
         self.max_length, self.method = max_length, method
+        self.trust_pickle = trust_pickle  # model.trust_pickle: the base may be read from pickle weights
         self.tokenizer: Any = None
 
     @classmethod
     def from_spec(cls, spec: Any, labels: list[str] | None = None) -> "TextClassification":
         return cls(list(labels or spec.data.labels or []), spec.data.multi_label, spec.data.max_length,
-                   spec.model.method)
+                   spec.model.method, spec.model.trust_pickle)
 
     @classmethod
     def prepare_data(cls, spec: Any, base: str | None, force: bool, tokenizer: Any = None) -> Any:
@@ -116,11 +117,13 @@ class TextClassification(LabelOutputs):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from tunelab.catalog import hub_error
+        from tunelab.run.weights import base_weights
 
+        use_safetensors = base_weights(folder, self.trust_pickle)  # pickle-only weights: refused, unless trusted
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
             return AutoModelForSequenceClassification.from_pretrained(folder, ignore_mismatched_sizes=True,
-                                                                      **self._head())
+                                                                      use_safetensors=use_safetensors, **self._head())
         except OSError as err:
             if Path(folder).is_dir():
                 raise
@@ -217,7 +220,10 @@ class TextClassification(LabelOutputs):
     def _zero_shot(self, folder: str, template: str, train: Any = None):
         from sentence_transformers import SentenceTransformer
 
-        encoder = SentenceTransformer(folder, device="cpu")
+        from tunelab.run.weights import base_weights
+
+        encoder = SentenceTransformer(folder, device="cpu",
+                                      model_kwargs={"use_safetensors": base_weights(folder, self.trust_pickle)})
         encoder.max_seq_length = min(encoder.max_seq_length or self.max_length, self.max_length)  # same input as fine-tuning
         names = [template.format(label=lab.replace("_", " ").replace("-", " ")) for lab in self.labels]
         label_emb = encoder.encode(names, normalize_embeddings=True)
@@ -255,7 +261,9 @@ class TextClassification(LabelOutputs):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from tunelab.fewshot.model import register_auto
+        from tunelab.run.weights import check_safetensors
 
+        check_safetensors(Path(model_dir), depth=0)  # names the file and the fix; transformers' own error does not
         register_auto()
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
         return model.eval(), AutoTokenizer.from_pretrained(model_dir)
@@ -271,5 +279,8 @@ class TextClassification(LabelOutputs):
 
     @classmethod
     def from_saved(cls, run_dir: RunDir, spec: Any) -> tuple["TextClassification", Any]:
-
-        return cls.from_model_dir(run_dir.find_model(), spec.data.max_length)
+        """The run's model (safetensors only); the task trusts the base's pickle weights (for re-scoring the
+        baseline) only when the run was trained with model.trust_pickle."""
+        task, model = cls.from_model_dir(run_dir.find_model(), spec.data.max_length)
+        task.trust_pickle = spec.model.trust_pickle
+        return task, model

@@ -58,11 +58,11 @@ class TextImageClassification(LabelOutputs):
 
     def __init__(self, labels: list[str], max_length: int = 128, method: str = "full", image_size: int | None = None,
                  augment: str = "default", seed: int = 42, image_base: str = "efficientnet-lite0",
-                 freeze_encoders: bool = False) -> None:
+                 freeze_encoders: bool = False, trust_pickle: bool = False) -> None:
         self.space = LabelSpace(labels)
         self.labels, self.multi_label, self.label2id = self.space.labels, False, self.space.label2id
         self.max_length, self.method = max_length, method
-        self.images = ImageInputs(image_size, augment, seed)
+        self.images = ImageInputs(image_size, augment, seed, trust_pickle)
         self.image_base, self.freeze_encoders = image_base, freeze_encoders
         self.tokenizer: Any = None
         self.extra_baselines: dict[str, dict[str, Any]] = {}
@@ -76,7 +76,8 @@ class TextImageClassification(LabelOutputs):
     def from_spec(cls, spec: Any, labels: list[str] | None = None) -> "TextImageClassification":
         return cls(list(labels or spec.data.labels or []), max_length=spec.data.max_length, method=spec.model.method,
                    image_size=spec.data.image_size, augment=spec.data.augment, seed=spec.training.seed,
-                   image_base=spec.model.image_base, freeze_encoders=spec.model.freeze_encoders)
+                   image_base=spec.model.image_base, freeze_encoders=spec.model.freeze_encoders,
+                   trust_pickle=spec.model.trust_pickle)
 
     @classmethod
     def prepare_data(cls, spec: Any, base: str, force: bool, tokenizer: Any = None) -> Any:
@@ -90,11 +91,12 @@ class TextImageClassification(LabelOutputs):
         from transformers import AutoModel, AutoTokenizer
 
         from tunelab import catalog
+        from tunelab.run.weights import base_weights
         from tunelab.vision.fusion import TextImageClassifier
 
         image_model = self.images.build_model(catalog.resolve(self.image_base), self.labels)
         self.tokenizer = AutoTokenizer.from_pretrained(base)
-        text_encoder = AutoModel.from_pretrained(base)
+        text_encoder = AutoModel.from_pretrained(base, use_safetensors=base_weights(base, self.images.trust_pickle))
         model = TextImageClassifier(text_encoder, image_model, len(self.labels))
         model.config.update(text_base=str(base), image_base=self.image_base, image_size=self.processing.crop,
                             id2label=dict(enumerate(self.labels)))
@@ -239,18 +241,21 @@ class TextImageClassification(LabelOutputs):
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
+        from tunelab.run.weights import check_safetensors
         from tunelab.vision.fusion import TextImageClassifier
         from tunelab.vision.models import load_image_model
         from tunelab.vision.transforms import ImageProcessing
 
         folder = run_dir.find_model()
+        check_safetensors(folder)  # fusion head, text_encoder/ and image_model/: safetensors only
         cfg = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
         labels = [cfg["id2label"][str(i)] for i in range(cfg["num_labels"])]
         text_encoder = AutoModel.from_pretrained(folder / "text_encoder", use_safetensors=True)
         model = TextImageClassifier(text_encoder, load_image_model(folder / "image_model"), cfg["num_labels"],
                                     cfg["hidden"], cfg["dropout"])
         model.fusion.load_state_dict(load_file(str(folder / "fusion.safetensors")))
-        task = cls(labels, max_length=cfg.get("max_length", spec.data.max_length))
+        task = cls(labels, max_length=cfg.get("max_length", spec.data.max_length),
+                   trust_pickle=spec.model.trust_pickle)  # the bases, for re-scoring the baseline
         task.tokenizer = AutoTokenizer.from_pretrained(folder / "text_encoder")
         task.images.processing = ImageProcessing.load(folder)
         return task, model.eval()

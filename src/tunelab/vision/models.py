@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from tunelab.run.files import atomic_dir
-from tunelab.run.weights import PICKLE_SUFFIXES, UnsafeWeights, check_safetensors  # noqa: F401 - re-exported
+from tunelab.run.weights import PICKLE_SUFFIXES, UnsafeWeights, base_weights, check_safetensors  # noqa: F401 - re-exported
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -424,8 +424,8 @@ def _hf_image_settings(hf_model: nn.Module, folder: Path | None) -> tuple[int, l
 
 
 def _refuse_pickle_only(folder: Path) -> None:
-    """The shared guard on FOLDER itself (not its subfolders); a hub id (no such folder) is left to transformers,
-    which is told `use_safetensors=True`, and a folder without weights to the loader's own error."""
+    """The shared guard on FOLDER itself (not its subfolders); a folder without weights is left to the loader's
+    own error."""
     if folder.is_dir():
         check_safetensors(folder, depth=0, require=False)
 
@@ -438,18 +438,18 @@ def wrap_hf_model(hf_model: nn.Module, folder: Path | None = None) -> HFImageCla
     return HFImageClassifier(hf_model, config)
 
 
-def build_hf_image_model(folder_or_id: str | Path, num_labels: int, id2label: Any = None) -> HFImageClassifier:
+def build_hf_image_model(folder_or_id: str | Path, num_labels: int, id2label: Any = None,
+                         trust_pickle: bool = False) -> HFImageClassifier:
     """A transformers image classifier (local folder or hub id) with a head sized for NUM_LABELS (a new head
-    when the sizes differ: `ignore_mismatched_sizes`). Safetensors only, no remote code. Offline, a hub id
-    raises transformers' OSError; the caller explains."""
+    when the sizes differ: `ignore_mismatched_sizes`). Safetensors only unless TRUST_PICKLE (model.trust_pickle),
+    no remote code. Offline, a hub id raises transformers' OSError; the caller explains."""
     from transformers import AutoModelForImageClassification
 
     i2l, l2i = _label_maps(num_labels, id2label)
     local = Path(folder_or_id)
-    _refuse_pickle_only(local)
     hf_model = AutoModelForImageClassification.from_pretrained(
         str(folder_or_id), num_labels=num_labels, id2label=i2l, label2id=l2i, ignore_mismatched_sizes=True,
-        use_safetensors=True, trust_remote_code=False)
+        use_safetensors=base_weights(folder_or_id, trust_pickle), trust_remote_code=False)
     return wrap_hf_model(hf_model, local if local.is_dir() else None)
 
 
@@ -478,10 +478,12 @@ def is_hf_image_folder(folder: Path) -> bool:
                for a in archs) or (folder / HF_MARKER_FILE).is_file()
 
 
-def build_image_model(base: str | Path, num_labels: int, id2label: Any = None) -> ImageClassifier:
+def build_image_model(base: str | Path, num_labels: int, id2label: Any = None,
+                      trust_pickle: bool = False) -> ImageClassifier:
     """Resolve BASE: 'efficientnet-lite0' (bundled ImageNet weights; aliases 'efficientnet_lite0',
     'efficientnet-lite0-imagenet'), 'tiny-cnn', a saved tunelab image model folder (its head is replaced when
-    the label count differs), a local transformers image-classification folder, or a hub id."""
+    the label count differs), a local transformers image-classification folder, or a hub id. TRUST_PICKLE
+    (model.trust_pickle) lets a transformers base be read from pickle weights."""
     name = str(base)
     if name.lower() in EFFICIENTNET_ALIASES:
         return build_efficientnet_lite0(num_labels, id2label, pretrained=True)
@@ -493,8 +495,8 @@ def build_image_model(base: str | Path, num_labels: int, id2label: Any = None) -
             model = load_image_model(folder)
             return _relabel(model, num_labels, id2label)
         # a transformers image-classification folder, or one transformers may still map to an image head
-        return build_hf_image_model(folder, num_labels, id2label)
-    return build_hf_image_model(name, num_labels, id2label)
+        return build_hf_image_model(folder, num_labels, id2label, trust_pickle)
+    return build_hf_image_model(name, num_labels, id2label, trust_pickle)
 
 
 def _relabel(model: ImageClassifier, num_labels: int, id2label: Any) -> ImageClassifier:
