@@ -96,3 +96,36 @@ def write_spec(path: Path, assets: dict[str, Path], **overrides: dict) -> Path:
 
 def tunelab(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tunelab.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def serve_runs(tiny_assets: dict, tiny_llm: dict, tiny_images: dict, tmp_path_factory: pytest.TempPathFactory
+               ) -> dict[str, Path]:
+    """One quick run of each kind for the serve tests (test_serve*.py): one epoch on a small sample, as those tests
+    check the serving contract, not accuracy."""
+    out = str(tmp_path_factory.mktemp("serve-runs"))
+    llm_generation = {"generation": {"prompts": 2, "max_new_tokens": 4}}
+    specs = {
+        "serve-tc": {"task": "text-classification", "model": {"base": str(tiny_assets["model"])},
+                     "data": {"train": str(tiny_assets["data"]), "max_length": 32},
+                     "training": {"epochs": 1, "batch_size": 8, "learning_rate": 5e-3}},
+        "serve-chat": {"task": "chat", "model": {"base": str(tiny_llm["model"])},
+                       "data": {"train": str(tiny_llm["chat"]), "max_length": 64, "limit": 24},
+                       "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-2}, "evaluation": llm_generation},
+        "serve-completion": {"task": "completion", "model": {"base": str(tiny_llm["model"]), "method": "full"},
+                             "data": {"train": str(tiny_llm["text"]), "max_length": 64, "limit": 16},
+                             "training": {"epochs": 1, "batch_size": 4, "learning_rate": 5e-3, "batching": "packing"},
+                             "evaluation": llm_generation},
+        "serve-img": {"task": "image-classification", "model": {"base": "tiny-cnn"},
+                      "data": {"train": str(tiny_images["folder"]), "image_size": 16, "limit": 24},
+                      "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-2}},
+        "serve-ti": {"task": "text-image-classification",
+                     "model": {"base": str(tiny_assets["model"]), "image_base": "tiny-cnn"},
+                     "data": {"train": str(tiny_images["pairs"]), "image_size": 16, "max_length": 16, "limit": 24},
+                     "training": {"epochs": 1, "batch_size": 8, "learning_rate": 5e-3}},
+    }
+    from tunelab.recipes import fine_tune
+    from tunelab.spec import parse_spec
+
+    return {name: fine_tune(parse_spec({"name": name, **spec, "output": {"dir": out}})).dir
+            for name, spec in specs.items()}

@@ -1,7 +1,8 @@
 """tunelab serve against a real uvicorn server on a loopback port, with the official `openai` client.
 
-Five tiny runs (text, image and text+image classifiers, a chat run and a completion run) are trained once per
-session in a few seconds each; one server serves them all, with API keys and small caps.
+Five tiny runs (text, image and text+image classifiers, a chat run and a completion run; the `serve_runs`
+fixture in conftest.py) are trained once per session in a few seconds each; one server serves them all, with API
+keys and small caps.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import re
 import shutil
 import socket
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,9 +25,9 @@ import pytest
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
-from tunelab.recipes import fine_tune  # noqa: E402
 from tunelab.serve import ServeSettings, create_app  # noqa: E402
-from tunelab.spec import parse_spec  # noqa: E402
+from tunelab.serve.cli import server_config  # noqa: E402
+from serve_helpers import running_server  # noqa: E402  (tests/ is on sys.path: tests/integration/conftest.py)
 
 KEY, OTHER_KEY = "test-key-1", "test-key-2"
 # Every app here serves one-epoch runs that check the serving contract, not accuracy: some end below their
@@ -37,58 +37,14 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 CHAT = [{"role": "user", "content": "what is the city number 3?"}]
 
 
-@pytest.fixture(scope="session")
-def serve_runs(tiny_assets: dict, tiny_llm: dict, tiny_images: dict, tmp_path_factory: pytest.TempPathFactory
-               ) -> dict[str, Path]:
-    """One quick run of each kind (one epoch on a small sample: the tests check the serving contract, not accuracy)."""
-    out = str(tmp_path_factory.mktemp("serve-runs"))
-    llm_generation = {"generation": {"prompts": 2, "max_new_tokens": 4}}
-    specs = {
-        "serve-tc": {"task": "text-classification", "model": {"base": str(tiny_assets["model"])},
-                     "data": {"train": str(tiny_assets["data"]), "max_length": 32},
-                     "training": {"epochs": 1, "batch_size": 8, "learning_rate": 5e-3}},
-        "serve-chat": {"task": "chat", "model": {"base": str(tiny_llm["model"])},
-                       "data": {"train": str(tiny_llm["chat"]), "max_length": 64, "limit": 24},
-                       "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-2}, "evaluation": llm_generation},
-        "serve-completion": {"task": "completion", "model": {"base": str(tiny_llm["model"]), "method": "full"},
-                             "data": {"train": str(tiny_llm["text"]), "max_length": 64, "limit": 16},
-                             "training": {"epochs": 1, "batch_size": 4, "learning_rate": 5e-3, "batching": "packing"},
-                             "evaluation": llm_generation},
-        "serve-img": {"task": "image-classification", "model": {"base": "tiny-cnn"},
-                      "data": {"train": str(tiny_images["folder"]), "image_size": 16, "limit": 24},
-                      "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-2}},
-        "serve-ti": {"task": "text-image-classification",
-                     "model": {"base": str(tiny_assets["model"]), "image_base": "tiny-cnn"},
-                     "data": {"train": str(tiny_images["pairs"]), "image_size": 16, "max_length": 16, "limit": 24},
-                     "training": {"epochs": 1, "batch_size": 8, "learning_rate": 5e-3}},
-    }
-    return {name: fine_tune(parse_spec({"name": name, **spec, "output": {"dir": out}})).dir
-            for name, spec in specs.items()}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(serve_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     db = tmp_path_factory.mktemp("serve-db") / "requests.db"
     settings = ServeSettings(allow_worse=True, api_keys=(KEY, OTHER_KEY), db=f"sqlite:///{db}", max_body_bytes=256 * 1024,
                              max_input_tokens=128, max_tokens=16, max_n=2, timeout_s=60)
     app = create_app(list(serve_runs.values()), settings)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not srv.started:
-        assert thread.is_alive() and time.time() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", app=app, state=app.state.tunelab, runs=serve_runs)
-    srv.should_exit = True
-    thread.join(30)
+    with running_server(lambda port: server_config(app, "127.0.0.1", port, "warning")) as port:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", app=app, state=app.state.tunelab, runs=serve_runs)
 
 
 @pytest.fixture(scope="module")

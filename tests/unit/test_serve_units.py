@@ -91,6 +91,10 @@ def test_settings_are_checked() -> None:
         ServeSettings(max_n=0)
     with pytest.raises(ValueError):
         ServeSettings(timeout_s=0)
+    for bad in ({"header_timeout_s": 0}, {"body_timeout_s": -1}):
+        with pytest.raises(ValueError, match="header_timeout_s and body_timeout_s must be > 0"):
+            ServeSettings(**bad)
+    assert (ServeSettings().header_timeout_s, ServeSettings().body_timeout_s) == (10.0, 30.0)
 
 
 def test_cli_function_defaults_and_help() -> None:
@@ -108,7 +112,8 @@ def test_cli_function_defaults_and_help() -> None:
     result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     for option in ("--host", "--port", "--api-key", "--db", "--no-log-inputs", "--max-batch-size", "--max-wait-ms",
-                   "--max-body-bytes", "--max-input-tokens", "--max-tokens", "--max-n", "--timeout-s"):
+                   "--max-body-bytes", "--max-input-tokens", "--max-tokens", "--max-n", "--timeout-s",
+                   "--header-timeout", "--body-timeout"):
         assert option in result.output
     for option in ("--runtime", "--quantize", "--threads"):
         assert option in result.output
@@ -131,3 +136,53 @@ def test_settings_refuse_unknown_runtime_and_quantization() -> None:
     with pytest.raises(ValueError, match="cannot be combined with runtime 'torch'"):
         ServeSettings(quantize="int8", runtime="torch")
     assert ServeSettings().runtime == "auto" and ServeSettings().quantize is None
+
+
+def _through_metrics(app, messages: list[dict]) -> tuple[str, list[dict]]:
+    """Run APP behind MetricsMiddleware with a client that sends MESSAGES (then disconnects); (status label, sent)."""
+    import asyncio
+
+    from tunelab.serve.middleware import MetricsMiddleware
+
+    state = _state()
+    sent: list[dict] = []
+    inbox = list(messages)
+
+    async def receive() -> dict:
+        if inbox:
+            return inbox.pop(0)
+        await asyncio.sleep(0.05)  # the client hangs up a moment later
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+        await asyncio.sleep(0)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [],
+             "asgi": {"version": "3.0", "spec_version": "2.3"}}
+    asyncio.run(MetricsMiddleware(app, state)(scope, receive, send))
+    samples = [s for metric in state.metrics.requests.collect() for s in metric.samples if s.name.endswith("_total")]
+    (sample,) = samples
+    return sample.labels["status"], sent
+
+
+def test_a_hang_up_mid_stream_counts_as_499_and_a_finished_response_as_200() -> None:
+    import asyncio
+
+    from starlette.responses import StreamingResponse
+
+    async def forever():
+        while True:
+            yield "data: x\n\n"
+            await asyncio.sleep(0.01)
+
+    status, sent = _through_metrics(StreamingResponse(forever()), [])
+    assert status == "499" and sent[0]["status"] == 200 and len(sent) > 2  # it had started streaming
+
+    async def answer_then_listen(scope: dict, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+        assert (await receive())["type"] == "http.disconnect"  # what a server reports once the answer is out
+
+    status, _ = _through_metrics(answer_then_listen, [])
+    assert status == "200"

@@ -1,7 +1,7 @@
 """The HTTP application: OpenAI-compatible routes over tunelab runs, plus /v1/classify, /health, /metrics.
 
     app = create_app(["runs/bbc-news"], ServeSettings(api_keys=("secret",)))
-    uvicorn.run(app, host="127.0.0.1", port=8000)
+    run_server(app, "127.0.0.1", 8000)   # tunelab.serve.run_server: uvicorn, with read deadlines on connections
 
 Routes (model routes take the run's folder name as ``model``):
 
@@ -17,6 +17,7 @@ error handlers, and registers the routes. The pieces live beside it:
 * `inputs`: JSON, images, texts, tokens, sampling       * `streaming`: the SSE state machine
 * `routes`: the wrapper every model route runs through, and `register_routes`
 * `routes_openai`: embeddings, chat, completions        * `routes_classify`: /v1/classify
+* `protocol`: the read deadlines on uvicorn's connections (slow clients), used by `cli.server_config`
 """
 
 from __future__ import annotations

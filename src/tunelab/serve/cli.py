@@ -30,12 +30,25 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Serve APP with uvicorn until interrupted."""
+def server_config(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> Any:
+    """The uvicorn.Config that serves APP (an app from `create_app`): its HTTP protocol closes connections
+    whose headers or body arrive slower than the app's settings allow (`tunelab.serve.protocol`)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False, server_header=False,
-                timeout_graceful_shutdown=10)
+    from tunelab.serve.protocol import deadline_protocol
+
+    state = app.state.tunelab
+    http = deadline_protocol(state.settings.header_timeout_s, state.settings.body_timeout_s,
+                             lambda phase: state.metrics.read_timeouts.labels(phase).inc())
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, proxy_headers=False, server_header=False,
+                          timeout_graceful_shutdown=10, http=http)
+
+
+def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Serve APP (an app from `create_app`) with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.Server(server_config(app, host, port, log_level)).run()
 
 
 def serve(
@@ -62,6 +75,12 @@ def serve(
     max_tokens: int = typer.Option(512, min=1, help="Cap on max_tokens for generation (also the chat default)."),
     max_n: int = typer.Option(4, min=1, help="Cap on n (choices per prompt)."),
     timeout_s: float = typer.Option(60.0, min=0.001, help="Per-request time limit in seconds; 504 after it."),
+    header_timeout: float = typer.Option(10.0, min=0.001, help="Seconds a client has to send a request's headers "
+                                         "(from connecting, or from the previous response); slower gets 408 and "
+                                         "the connection closed (slowloris)."),
+    body_timeout: float = typer.Option(30.0, min=0.001, help="Seconds a client has to send a request's body once "
+                                       "its headers are in (a deadline: trickling bytes does not extend it); "
+                                       "slower gets 408 and the connection closed."),
     max_batch_tokens: int = typer.Option(512, min=0, help="On the CPU, run a text batch in sub-batches of at most "
                                          "this many padded tokens (faster per text: activations stay in cache); "
                                          "0: never split."),
@@ -107,6 +126,7 @@ def serve(
     settings = ServeSettings(api_keys=keys, db=db, log_inputs=not no_log_inputs, max_batch_size=max_batch_size,
                              max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes, max_input_tokens=max_input_tokens,
                              max_tokens=max_tokens, max_n=max_n, timeout_s=timeout_s,
+                             header_timeout_s=header_timeout, body_timeout_s=body_timeout,
                              max_batch_tokens=max_batch_tokens, runtime=runtime, threads=torch.get_num_threads(),
                              quantize=quantize, allow_worse=allow_worse)
     app = create_app(list(runs), settings)

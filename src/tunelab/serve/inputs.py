@@ -11,6 +11,7 @@ import base64
 import binascii
 import io
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,13 +37,55 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # how a surrogate can reach a string: a \uD800-\uDFFF escape
+
+
 def _parse_json(raw: bytes) -> Any:
+    """RAW (UTF-8) as JSON; refuses NaN/Infinity and any string holding a lone surrogate (400 naming where)."""
     if not raw.strip():
         raise APIError(400, "the request body is empty; send a JSON object", code="invalid_json")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise APIError(400, f"the request body is not UTF-8 (byte {err.start}); JSON bodies must be UTF-8 "
+                       "(RFC 8259)", code="invalid_json") from None
+    try:
+        body = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as err:
         raise APIError(400, f"the request body is not valid JSON ({str(err)[:200]})", code="invalid_json") from None
+    if _SURROGATE_ESCAPE.search(text):  # rare: only then walk the body (pairs decode to one valid character)
+        _check_unicode(body, [])
+    return body
+
+
+def _check_unicode(value: Any, path: list[str]) -> None:
+    """Refuse a lone UTF-16 surrogate (JSON ``"\\ud800"`` unpaired) anywhere in VALUE: it is not a character,
+    cannot be encoded as UTF-8, and would fail the tokenizer, the request log and any reply that echoes it."""
+    def refuse(where: list[str], text: str, what: str) -> None:
+        at = next(i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff")
+        param = ".".join(where) or None
+        raise APIError(400, f"invalid '{param or 'body'}': {what} holds a lone UTF-16 surrogate "
+                       f"(\\u{ord(text[at]):04x} at character {at}), which is not valid Unicode; send well-formed "
+                       "text (a surrogate must be paired: \\ud83d\\ude00)", param=param, code="invalid_unicode")
+
+    stack: list[tuple[Any, list[str]]] = [(value, path)]
+    while stack:  # iterative: a deeply nested body must not exhaust the stack
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    refuse(where, item, "the text")
+        elif isinstance(item, list):
+            stack.extend((v, [*where, str(i)]) for i, v in reversed(list(enumerate(item))))
+        elif isinstance(item, dict):
+            for key, v in reversed(list(item.items())):
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    refuse(where, key, "a key")
+                stack.append((v, [*where, key[:100]]))
 
 
 def _decode_image(value: str, mode: str, max_pixels: int) -> tuple[Any, bytes]:

@@ -14,8 +14,12 @@ class ServeMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("tunelab_requests", "HTTP requests, by route, model and status code.",
+        self.requests = Counter("tunelab_requests", "HTTP requests, by route, model and status code "
+                                "(499: the client went away before the response was complete; 408: it sent too "
+                                "slowly).",
                                 ["route", "model", "status"], registry=r)
+        self.read_timeouts = Counter("tunelab_read_timeouts", "Connections closed because a request's headers or "
+                                     "body did not arrive in time (slow clients), by phase.", ["phase"], registry=r)
         self.errors = Counter("tunelab_request_errors", "Requests answered with a 4xx/5xx, by route, model and code.",
                               ["route", "model", "status"], registry=r)
         self.latency = Histogram("tunelab_request_latency_seconds", "Time to the full response (last chunk when "

@@ -1,4 +1,5 @@
-"""The ASGI middleware around every request: metrics (outermost), API-key auth, and the body-size cap.
+"""The ASGI middleware around every request: metrics (outermost), API-key auth, and the body-size cap; and how
+a request whose connection went away early is counted (`_gone`: 499, or 408 after a read deadline).
 
 Plain ASGI classes rather than FastAPI dependencies, so that a refused request (401, 413) is answered before
 any body is read or parsed and is still counted by the metrics.
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tunelab.serve.errors import APIError
+from tunelab.serve.protocol import READ_TIMEOUT
 from tunelab.serve.state import OPEN_PATHS, ServerState, route_label
 
 
@@ -23,8 +25,23 @@ async def _send_json(send: Callable, status: int, body: dict, headers: Sequence[
     await send({"type": "http.response.body", "body": payload})
 
 
+CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection before the response was complete"
+
+
+def _gone(scope: dict) -> APIError:
+    """What a request whose connection went away early counts as: 408 when the server closed it because the
+    body came too slowly (`tunelab.serve.protocol`), else 499 (the client left)."""
+    if scope.get(READ_TIMEOUT):
+        return APIError(408, "the request body did not arrive in time", code="request_timeout")
+    return APIError(CLIENT_CLOSED, "the client closed the connection before the response was complete",
+                    code="client_closed_request")
+
+
 class MetricsMiddleware:
-    """Counts every HTTP request (route, model, status), its latency and errors."""
+    """Counts every HTTP request (route, model, status), its latency and errors.
+
+    A request whose client disconnected before the response was complete (mid-body, while waiting, or
+    mid-stream) counts as 499 whatever status was started, so that client behaviour never shows as a 500."""
 
     def __init__(self, app: Any, state: ServerState) -> None:
         self.app, self.state = app, state
@@ -33,22 +50,31 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        status = [500]
+        status, complete, gone = [500], [False], [False]
+
+        async def tracking_receive() -> dict:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not complete[0]:
+                gone[0] = True
+            return message
 
         async def tracking_send(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete[0] = True  # before the send: a disconnect the server reports after it is not the client's
             await send(message)
 
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, tracking_receive, tracking_send)
         finally:
+            code = _gone(scope).status if gone[0] else status[0]
             m, route = self.state.metrics, route_label(scope.get("path", ""))
             model = scope.get("tunelab.model", "")
-            m.requests.labels(route, model, str(status[0])).inc()
+            m.requests.labels(route, model, str(code)).inc()
             m.latency.labels(route, model).observe(time.perf_counter() - started)
-            if status[0] >= 400:
-                m.errors.labels(route, model, str(status[0])).inc()
+            if code >= 400:
+                m.errors.labels(route, model, str(code)).inc()
 
 
 class AuthMiddleware:

@@ -13,10 +13,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tunelab.serve.errors import APIError
 from tunelab.serve.inputs import _parse_json, _read_body
+from tunelab.serve.middleware import _gone
 from tunelab.serve.routes_classify import _classify
 from tunelab.serve.routes_openai import _chat, _completions, _embeddings
 from tunelab.serve.state import RequestRecord, ServerState
@@ -49,6 +51,10 @@ async def _model_route(request: Request, route: str, handler: Handler) -> Respon
     except APIError as err:
         rec.fail(err)
         return err.response()
+    except ClientDisconnect:  # the client went away (or sent too slowly) before its body was in: not our error
+        err = _gone(request.scope)
+        rec.fail(err)
+        return err.response()  # not delivered; the status is for the request log and the metrics
     except Exception:  # noqa: BLE001 - a bug or a model failure: log it, answer 500, keep serving
         logger.exception("%s failed", route)
         err = APIError(500, "internal server error", code="server_error")

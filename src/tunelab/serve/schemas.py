@@ -1,5 +1,9 @@
 """Request bodies (pydantic). Unknown fields are ignored, as the OpenAI API does; OpenAI parameters that
-tunelab cannot honour (tools, logprobs, penalties, ...) are refused with a 400 rather than silently dropped."""
+tunelab cannot honour (tools, logprobs, penalties, ...) are refused with a 400 rather than silently dropped.
+
+Validation is strict (pydantic's strict mode): a value must already have its field's JSON type, so
+``"max_tokens": "5"`` or ``"stream": 1`` is a 400 naming the field rather than a silent conversion. (An integer
+is still a valid number, as JSON has no separate integer type.)"""
 
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunelab.serve.errors import APIError
 
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.manual_seed takes (OpenAI's int64 seeds fit inside)
+
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class TextPart(_Body):
@@ -41,7 +47,7 @@ class _Sampling(_Body):
     stop: Union[str, list[str], None] = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, Any] | None = None
@@ -93,7 +99,7 @@ class EmbeddingRequest(_Body):
 class ClassifyItem(BaseModel):
     """One input: TEXT, IMAGE (base64-encoded file bytes, or a data: URL), or both. Paths are never read."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     text: str | None = None
     image: str | None = None
 
@@ -121,6 +127,17 @@ def _loc(parts: Any) -> list[str]:
     return out
 
 
+def _json_type(value: Any) -> str:
+    """How JSON calls VALUE's type (a string, a number, ...), for error messages."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "a boolean"), (str, "a string"), (int, "a number"), (float, "a number"),
+                       (list, "an array"), (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
 def parse(model: type[BaseModel], body: Any) -> Any:
     """BODY validated as MODEL; the first problem becomes a 400 naming the parameter."""
     if not isinstance(body, dict):
@@ -134,4 +151,6 @@ def parse(model: type[BaseModel], body: Any) -> Any:
         param = ".".join(_loc(first.get("loc", ()))) or None
         missing = first.get("type") == "missing"
         msg = f"missing required parameter '{param}'" if missing else f"invalid '{param}': {first.get('msg')}"
+        if str(first.get("type", "")).endswith("_type"):  # a wrong JSON type: say which one was sent
+            msg += f", not {_json_type(first.get('input'))}"
         raise APIError(400, msg, param=param, code="missing_required_parameter" if missing else "invalid_value") from None

@@ -28,6 +28,8 @@ class ServeSettings:
     max_inputs: int = 256                # texts/images per classify or embeddings request, prompts per completion
     max_image_pixels: int = 25_000_000   # width * height of one decoded image
     timeout_s: float = 60.0              # per request (queue wait included); 504 after it
+    header_timeout_s: float = 10.0       # a request's headers must arrive within this (slowloris); else 408, closed
+    body_timeout_s: float = 30.0         # ... and its body within this after them (a deadline, not an idle timer)
     max_pending: int = 4096              # queued items per model before 503 (overloaded)
     runtime: str = "auto"                # text classifiers on the CPU: auto (ONNX Runtime when it verifies), onnx, torch
     threads: int | None = None           # compute threads per model call (None: torch's current setting)
@@ -54,6 +56,8 @@ class ServeSettings:
             raise ValueError("threads must be at least 1")
         if self.max_wait_ms < 0 or self.timeout_s <= 0:
             raise ValueError("max_wait_ms must be >= 0 and timeout_s > 0")
+        if self.header_timeout_s <= 0 or self.body_timeout_s <= 0:
+            raise ValueError("header_timeout_s and body_timeout_s must be > 0")
 
 
 def keys_from_env(var: str = "TUNELAB_API_KEYS") -> list[str]:
