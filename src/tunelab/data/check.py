@@ -8,7 +8,7 @@ from typing import Any
 from tunelab.data import file_fingerprint, infer_labels, prepare
 from tunelab.data import report as data_report
 from tunelab.data.doctor import DoctorContext, Finding, run_checks
-from tunelab.data.sources import MalformedFile, read_source
+from tunelab.data.sources import DataError, MalformedFile, read_source
 
 
 def _tokenizer(base: str) -> Any:
@@ -25,7 +25,7 @@ def _tokenizer(base: str) -> Any:
 
 def _malformed_report(target: str, err: MalformedFile) -> dict[str, Any]:
     finding = Finding("malformed-file", "error", f"{len(err.problems)} line(s) of {err.path} cannot be read",
-                      len(err.problems), err.fix, err.problems[:5])
+                      len(err.problems), err.fix, err.problems[:MalformedFile.LISTED])
     return data_report.build([finding], {}, [file_fingerprint(target)])
 
 
@@ -73,6 +73,9 @@ def _check_image_folder(root: Path) -> dict[str, Any]:
     `<class>/<file>`. Every file is checked, not only those with image suffixes: a stray non-image is a
     finding, not something to skip."""
     split_names = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
+    if not any(f.is_file() for f in root.rglob("*")):
+        raise DataError(f"{root}: the folder holds no files; point at a data file (.csv, .tsv, .jsonl, .json, "
+                        ".parquet), a `datasets` save_to_disk folder, or an image folder (<class>/<image> files)")
     tops = [p for p in sorted(root.iterdir()) if p.is_dir()]
     by_split = ({split_names[p.name]: p for p in tops if p.name in split_names}
                 if any(p.name in split_names for p in tops) else {"train": root})
