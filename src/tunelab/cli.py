@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import importlib.metadata
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -12,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from tunelab.run.exitcodes import CHECK_FAILED, INTERNAL, NOT_PROMOTED, USER_ERROR, interrupted
 
 if TYPE_CHECKING:
     from tunelab.spec import RunSpec
@@ -22,7 +27,8 @@ err = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 
-# The errors a user can fix (bad spec, data, run directory, model name...): printed as one line, exit code 2.
+# The errors a user can fix (bad spec, data, run directory, model name...): printed as one line, exit code
+# USER_ERROR (2). Every other exception is a bug in tunelab: INTERNAL (70), with the traceback (see main).
 # Named by module, not imported: some live in heavy modules (tunelab.data.sources pulls in datasets and
 # pandas, tunelab.train.methods pulls in torch), and importing them here would make `tunelab --help` and a
 # spec typo wait for torch. An instance of a class can only exist once its module is imported, so looking
@@ -118,10 +124,7 @@ def train(spec: Path = typer.Argument(..., help="Run spec (YAML)."),
     out.print(f"run directory: {run.dir}  (report: {run.dir / 'report.html'})")
     _print_gate(run.gate, spec)
     if not run.promoted:
-        raise typer.Exit(NOT_PROMOTED_EXIT)
-
-
-NOT_PROMOTED_EXIT = 3  # as tunelab.evaluate.gate.NOT_PROMOTED_EXIT (kept here so the CLI imports stay light)
+        raise typer.Exit(NOT_PROMOTED)
 
 def _print_gate(verdict: dict, spec: Path) -> None:
     """The promotion gate's verdict; when the model is not promoted, why, and what to change."""
@@ -222,7 +225,7 @@ def auto_ladder(spec: Path = typer.Argument(..., help="Run spec (YAML): task, ba
     out.print(f"ladder report: {result.dir / 'auto.html'}")
     if result.winner is None:
         err.print(f"[bold red]{escape(result.verdict)}[/]", highlight=False)
-        raise typer.Exit(NOT_PROMOTED_EXIT)
+        raise typer.Exit(NOT_PROMOTED)
     out.print(f"[green]{escape(result.verdict)}[/]", highlight=False)
     out.print(f"winner run directory: {result.winner_dir}", highlight=False)
 
@@ -327,9 +330,14 @@ def data_check(targets: list[str] = typer.Argument(..., help=_FILES_HELP),
     for f in report["findings"]:
         if f["severity"] == "error":
             err.print(f"[red]{f['check']}[/]: {escape(f['message'])}; fix: {escape(f['fix'])}")
+            if f["check"] == "malformed-file":  # every bad line up to a cap, and how many more there are
+                for line in f["examples"]:
+                    err.print(f"  {escape(line)}", highlight=False)
+                if f["count"] > len(f["examples"]):
+                    err.print(f"  ... and {f['count'] - len(f['examples'])} more", highlight=False)
     out.print(f"report: {out_dir / 'data_report.html'} (every affected row: {out_dir / 'data_report.json'})")
     if report["summary"]["error"]:
-        raise typer.Exit(1)
+        raise typer.Exit(CHECK_FAILED)
 
 
 @data_app.command("clean")
@@ -433,7 +441,7 @@ def export(run: Path = typer.Argument(..., help="A finished run directory."),
             record = export_onnx(run, out_dir, quantize)
         except ExportMismatch as e:
             err.print(f"[bold red]verification failed:[/] {escape(str(e))}", highlight=False)
-            raise typer.Exit(1)
+            raise typer.Exit(CHECK_FAILED)
         held = record["held_out_check"]
         out.print(f"exported to {record['folder']}: probe batches match PyTorch (max |diff| logits "
                   f"{record['probe_check']['max_logit_diff']:.1e})", highlight=False)
@@ -455,7 +463,7 @@ def export(run: Path = typer.Argument(..., help="A finished run directory."),
         parity = export_merged(run, out_dir)
     except ParityError as e:
         err.print(f"[bold red]parity check failed:[/] {escape(str(e))}", highlight=False)
-        raise typer.Exit(1)
+        raise typer.Exit(CHECK_FAILED)
     out.print(f"exported to {parity['folder']}: {parity['identical']} of {parity['prompts']} held-out answers "
               f"identical, {parity['near_ties']} equal up to a near-tie, {parity['mismatches']} different")
 
@@ -549,18 +557,53 @@ app.command("serve")(serve)
 app.command("tune")(tune)
 
 
+# Disk full, quota, permissions, read-only file system: the user's environment, not a bug (by name: not
+# every platform defines every one).
+ENVIRONMENT_ERRNOS = frozenset(code for code, name in errno.errorcode.items()
+                               if name in ("ENOSPC", "EDQUOT", "EACCES", "EPERM", "EROFS"))
+
+
+def _report_bug() -> None:
+    """The traceback of an unexpected exception, and one line saying whose bug it is and where it goes."""
+    traceback.print_exc()
+    try:
+        version = importlib.metadata.version("tunelab")
+        urls = importlib.metadata.metadata("tunelab").get_all("Project-URL") or []
+    except importlib.metadata.PackageNotFoundError:
+        version, urls = "unknown", []
+    issues = next((url.split(",", 1)[1].strip() for url in urls if url.lower().startswith(("issues", "bug"))), None)
+    where = issues or "the tunelab project's issue tracker"
+    err.print(f"[bold red]internal error:[/] this is a bug in tunelab {version}, not in your input; please report it "
+              f"at {escape(where)} with the command you ran and the traceback above (exit code {INTERNAL})",
+              highlight=False)
+
+
 def main() -> None:
+    """The console script: run the command, and map what escapes it onto tunelab.run.exitcodes.
+
+    A user error (USER_ERRORS, or an environment OSError such as a full disk) prints one line and exits
+    USER_ERROR; Ctrl-C exits 130 without a traceback (training handles its own interrupt first and writes a
+    checkpoint); any other exception is a bug: the traceback, one line saying so, exit INTERNAL. Exit codes
+    set by the commands themselves (typer.Exit, click's usage errors) pass through unchanged."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # transformers' load reports ("classifier.weight MISSING") are expected when a new head is attached;
     # keep them out of the user's way unless asked for with TRANSFORMERS_VERBOSITY=info.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         app()
+    except KeyboardInterrupt:  # typer maps one inside a command to 130 itself; this catches the rest
+        err.print("interrupted")
+        sys.exit(interrupted())
     except Exception as e:  # click's normal exit is SystemExit, which passes through untouched
-        if not isinstance(e, _user_errors()):
-            raise
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-        sys.exit(2)
+        if isinstance(e, _user_errors()):
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+            sys.exit(USER_ERROR)
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+            err.print(f"[bold red]error:[/] {escape(str(e))}; free some space or fix the permissions, then run the "
+                      "command again", highlight=False)
+            sys.exit(USER_ERROR)
+        _report_bug()
+        sys.exit(INTERNAL)
 
 
 if __name__ == "__main__":

@@ -82,8 +82,8 @@ def test_user_error_classes_resolve() -> None:
         assert isinstance(cls, type) and issubclass(cls, Exception), (module_name, class_name)
 
 
-def test_user_errors_exit_2_and_others_propagate(monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_user_errors_exit_2_and_others_exit_70(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     from tunelab import cli
     from tunelab.run import RunError
 
@@ -99,8 +99,11 @@ def test_user_errors_exit_2_and_others_propagate(monkeypatch: pytest.MonkeyPatch
     assert "error: runs/x: not a run directory (no spec.yaml)" in capsys.readouterr().err
 
     monkeypatch.setattr(cli, "app", fail_with(KeyError("a bug")))
-    with pytest.raises(KeyError):
+    with pytest.raises(SystemExit) as exit_info:
         cli.main()
+    assert exit_info.value.code == 70  # tunelab.run.exitcodes.INTERNAL: the traceback, and whose bug it is
+    err = capsys.readouterr().err
+    assert "KeyError: 'a bug'" in err and "this is a bug in tunelab" in err
 
 
 def test_import_tunelab_is_light(tmp_path: Path) -> None:

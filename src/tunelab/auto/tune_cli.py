@@ -1,7 +1,7 @@
 """The `tunelab tune` command, as a plain typer-compatible function (registered by tunelab.cli).
 
-Exit codes: 0 the winner beats its baseline; 3 no trial beat the baseline or none completed
-(tunelab.evaluate.gate NOT_PROMOTED_EXIT); 2 a bad spec, search section or storage (the main CLI maps user errors to 2).
+Exit codes (tunelab.run.exitcodes): OK 0 the winner beats its baseline; NOT_PROMOTED 3 no trial beat the
+baseline or none completed; USER_ERROR 2 a bad spec, search section or storage (the main CLI maps user errors to 2).
 Heavy imports (optuna, torch) happen inside the command, so `tunelab --help` stays fast.
 """
 
@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+
+from tunelab.run.exitcodes import NOT_PROMOTED
 
 STORAGE_HELP = ("Optuna storage: any SQLAlchemy URL (sqlite:///path/tunelab.db, postgresql+psycopg://user@host/db). "
                 "Default: sqlite:///<output.dir>/tunelab.db, the project database beside the run directories.")
@@ -57,7 +59,7 @@ def tune(spec: Path = typer.Argument(..., help="Run spec (YAML); its search: sec
     console.print(_table(result.report))
     _print_outcome(console, result)
     if not result.promoted:  # no trial completed, or the best one does not beat the untuned baseline
-        raise typer.Exit(3)  # tunelab.evaluate.gate.NOT_PROMOTED_EXIT, kept literal so this module stays light
+        raise typer.Exit(NOT_PROMOTED)
 
 
 def _progress(console: Any) -> Any:

@@ -54,7 +54,7 @@ def check(targets: Sequence[str], options: CheckOptions | None = None) -> dict[s
         return check_spec(spec, measure_tokens=_is_spec(targets[0]) or options.model is not None)
     except MalformedFile as err:
         finding = Finding("malformed-file", "error", f"{len(err.problems)} line(s) of {err.path} cannot be read",
-                          len(err.problems), err.fix, sample(err.problems),
+                          len(err.problems), err.fix, err.problems[:MalformedFile.LISTED],
                           locations=[p.split(": ", 1)[0] for p in err.problems])
         return data_report.build([finding], {}, [file_fingerprint(str(err.path))])
 
@@ -152,6 +152,9 @@ def infer_task(source: str, options: CheckOptions) -> str:
         return "chat"
     if source in BUNDLED_DATA:
         return "text-classification"
+    if path.is_dir() and not any(f.is_file() for f in path.rglob("*")):
+        raise DataError(f"{path}: the folder holds no files; point at a data file (.csv, .tsv, .jsonl, .json, "
+                        ".parquet), a `datasets` save_to_disk folder, or an image folder (<class>/<image> files)")
     if path.is_dir() and not (path / "dataset_info.json").is_file():
         return "image-classification"
     if path.suffix.lower() == ".txt":

@@ -340,7 +340,10 @@ def _read_table_source(path: Path, image_column: str, label_column: str | None,
             if any(c not in record for c in wanted):
                 raise _missing_columns(record, wanted, location)
         images.append(_resolve(record.get(image_column), base, location))
-        labels.append(_label_value(record.get(label_column), False, "|") if label_column else None)
+        try:
+            labels.append(_label_value(record.get(label_column), False, "|", label_column) if label_column else None)
+        except DataError as err:  # a label of the wrong type: say which row
+            raise DataError(f"{location}: {err}") from None
         locations.append(location)
     if not locations:
         raise DataError(f"{path}: no examples found (the file has a header but no rows?)")

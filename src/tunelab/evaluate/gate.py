@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tunelab.run.exitcodes import NOT_PROMOTED
+
 if TYPE_CHECKING:
     from tunelab.evaluate.metrics import Scorer
 
 BOUNDED_METRICS = ("accuracy", "macro_f1", "micro_f1")  # metrics whose best possible value is 1.0
-NOT_PROMOTED_EXIT = 3  # `tunelab train`: 0 promoted, 1 a failed check, 2 a user error, 3 not promoted
+NOT_PROMOTED_EXIT = NOT_PROMOTED  # `tunelab train`'s exit code for a run that is not promoted (tunelab.run.exitcodes)
 
 
 @dataclass

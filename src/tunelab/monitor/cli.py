@@ -1,7 +1,8 @@
 """The `tunelab monitor` command, as a plain typer-compatible function (registered by tunelab.cli).
 
-Exit codes: 0 no alert; 1 at least one alert fired (for cron / CI); 2 the run, the log or the feedback
-cannot be used (raised as RunError / DataError, which the main CLI maps to 2).
+Exit codes (tunelab.run.exitcodes): OK 0 no alert; CHECK_FAILED 1 at least one alert fired (for cron / CI);
+USER_ERROR 2 the run, the log or the feedback cannot be used (raised as RunError / DataError, which the main
+CLI maps to 2).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from tunelab.run.exitcodes import CHECK_FAILED
 
 DB_HELP = ("Request log: a SQLAlchemy URL (sqlite:///path/requests.db, postgresql://user@host/db). "
            "Default: sqlite:///<RUN>/../requests.db, the log `tunelab serve` writes next to the run directories.")
@@ -54,4 +57,4 @@ def monitor(run: Path = typer.Argument(..., help="A finished run directory (its 
     if report["alerts"]:
         console.print(f"[bold red]{len(report['alerts'])} alert(s):[/] "
                       + ", ".join(a["name"] for a in report["alerts"]), highlight=False)
-        raise typer.Exit(1)
+        raise typer.Exit(CHECK_FAILED)

@@ -104,6 +104,9 @@ class DataSpec(Section):
     max_length: int | None = Field(None, ge=8, description="Examples are truncated to this many tokens.")
 
 
+MAX_BATCH = 8192  # examples per batch per process: the spec's ceiling for batch_size and eval_batch_size
+
+
 class TrainingSpec(Section):
     epochs: int = Field(3, ge=1, description="Maximum number of passes over the training data.")
     learning_rate: float | None = Field(
@@ -133,6 +136,17 @@ class TrainingSpec(Section):
     @classmethod
     def _parse_time_limit(cls, value: Any) -> float | None:
         return duration_seconds(value, "training.time_limit")
+
+    @field_validator("batch_size", "eval_batch_size")
+    @classmethod
+    def _batch_fits_a_device(cls, value: int) -> int:
+        # Checked here, not against the training set's size: a batch larger than the data is harmless (one step
+        # per epoch), while 10^9 examples in one forward pass runs out of memory only after the data is read and
+        # the model loaded. No device holds more than MAX_BATCH examples of a transformer at once.
+        if value > MAX_BATCH:
+            raise ValueError(f"{value:,} examples in one batch will not fit in any device's memory (at most "
+                             f"{MAX_BATCH:,}); for a larger effective batch raise gradient_accumulation_steps")
+        return value
 
 
 class EvaluationSpec(Section):

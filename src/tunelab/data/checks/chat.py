@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from tunelab.data.findings import DoctorContext, Finding, Severity, register_check, sample
-from tunelab.data.sources import DataError, Row, _decode, _rows
+from tunelab.data.sources import Row, _rows
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "function"})
 MESSAGE_KEYS = frozenset({"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call"})
@@ -36,19 +35,6 @@ def read_records(source: str) -> list[Row]:
     the classification checks. A `.json` file holding one JSON array (the form many published chat
     sets use) is read as that array, located as `file.json record N` (N from 0, like Parquet rows).
     """
-    path = Path(source).expanduser()
-    if path.suffix.lower() == ".json" and path.is_file():
-        text = _decode(path)
-        if text.lstrip().startswith("["):
-            try:
-                items = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno}).") from None
-            bad = next((i for i, item in enumerate(items) if not isinstance(item, dict)), None)
-            if bad is not None:
-                raise DataError(f"{path} record {bad}: each record must be a JSON object, "
-                                f"got {type(items[bad]).__name__}")
-            return [(f"{path} record {i}", item) for i, item in enumerate(items)]
     return list(_rows(source))
 
 

@@ -8,6 +8,10 @@ The model never saw the row it judges, so memorising a wrong label cannot hide i
 
 These are suspects for a human to look at, never dropped automatically: a baseline that only sees
 words disputes sarcasm, rare phrasing and genuinely ambiguous rows as well.
+
+Also here: labels written two ways in one data set, as integer ids in some rows and as names in others
+(`0` and `sports`). Each spelling becomes a class of its own, so the classifier learns 0 and sports as
+different classes and nothing else would say so.
 """
 
 from __future__ import annotations
@@ -63,6 +67,45 @@ def label_noise_suspects(texts: list[str], labels: list[str], given_below: float
     return [{"index": int(i), "given": labels[i], "suggested": classes[best[i]],
              "confidence": round(float(best_prob[i]), 3), "given_prob": round(float(given_prob[i]), 3)}
             for i in flagged]
+
+
+def _is_id(label: str) -> bool:
+    return label.lstrip("-").isdigit()
+
+
+@register_check("label-ids-mixed-with-names", "error")
+def ids_mixed_with_names(ctx: DoctorContext) -> Finding | None:
+    """Some labels are integer ids and others names: an error when every id could number the names
+    (0 <= id < the number of names: the same classes written two ways), a warning otherwise (star ratings
+    1-5 beside 'n/a' may be meant). The rows listed are those written the less common way."""
+    by_kind: dict[bool, list[tuple[str, str]]] = {True: [], False: []}
+    for ds in ctx.splits.values():
+        for value, location in zip(column(ds, "label"), column(ds, "location")):
+            for lab in value if isinstance(value, list) else [value]:
+                if lab:
+                    by_kind[_is_id(lab)].append((location, lab))
+    ids, names = by_kind[True], by_kind[False]
+    if not ids or not names:
+        return None
+    id_set, name_set = sorted({lab for _, lab in ids}, key=int), sorted({lab for _, lab in names})
+    could_be_ids = all(0 <= int(i) < len(name_set) for i in id_set)
+    fewer, word = (ids, "an id") if len(ids) <= len(names) else (names, "a name")
+    return Finding(
+        "label-ids-mixed-with-names", "error" if could_be_ids else "warning",
+        f"labels are written two ways: {len(ids)} row(s) use integer ids {_listed(id_set)} and {len(names)} use "
+        f"names {_listed(name_set)}; each spelling is a class of its own ({len(id_set) + len(name_set)} classes)",
+        len(fewer),
+        "write every label the same way: names throughout, or ids throughout with data.labels listing the names "
+        "in id order (id 0 is the first); if the numbers are class names in their own right, train with --force "
+        "(the finding stays in the report)",
+        [f"{location} (label '{lab}', {word})" for location, lab in fewer[:MAX_EXAMPLES]],
+        {"ids": id_set, "names": name_set, "id_rows": len(ids), "name_rows": len(names),
+         "rows": [location for location, _ in fewer[:MAX_LISTED]]})
+
+
+def _listed(labels: list[str], most: int = 8) -> str:
+    shown = ", ".join(f"'{lab}'" for lab in labels[:most])
+    return f"[{shown}{', ...' if len(labels) > most else ''}]"
 
 
 def _clip(text: str, width: int = 80) -> str:
