@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import random
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -95,3 +99,28 @@ def leaky_set(root: Path) -> dict[str, Path]:
             writer.writerows(rows)
         out[name] = root / f"{name}.csv"
     return out
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at PATH with OPTIONS ("size=1m", "ro,size=1m"), unmounted after. Skips the test where
+    mounting is not possible (not root, no mount permission), saying why."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (the disk-full and read-only cases run as root, as in CI)")
+    path.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_disk(disk: Path, leave: int) -> None:
+    """Fill DISK with one file until about LEAVE bytes are free."""
+    stats = os.statvfs(disk)
+    with open(disk / "filler", "wb") as fh:
+        fh.write(b"\0" * max(stats.f_bavail * stats.f_frsize - leave, 0))

@@ -43,6 +43,8 @@ USER_ERRORS = (
     # the public re-exports too, so that a class moving between modules is still caught
     ("tunelab.data", "DataError"),
     ("tunelab.run", "RunError"),
+    # a value that fails the spec's own rules after loading (`--name ../x`, a search range past a bound)
+    ("pydantic", "ValidationError"),
 )
 
 
@@ -105,13 +107,8 @@ def train(spec: Path = typer.Argument(..., help="Run spec (YAML)."),
         run_spec.name = name
     trust_base_pickle(run_spec, trust_pickle)
     from tunelab.recipes import fine_tune
-    from tunelab.train.interrupt import Interrupted
 
-    try:
-        run = fine_tune(run_spec, resume=resume, force=force, overwrite=overwrite)
-    except Interrupted as e:  # SIGTERM / SIGINT: a checkpoint was written, run.json says `interrupted`
-        err.print(f"[yellow]interrupted:[/] {escape(str(e))}", highlight=False)
-        raise typer.Exit(e.exit_code)
+    run = fine_tune(run_spec, resume=resume, force=force, overwrite=overwrite)  # a signal: Interrupted, see main
     if not run.metrics:  # not the main process
         return
     names = ("loss", "perplexity", "exact_match", "token_f1", "rouge_l") if run_spec.generative else ("accuracy", "macro_f1")
@@ -595,6 +592,10 @@ def main() -> None:
         err.print("interrupted")
         sys.exit(interrupted())
     except Exception as e:  # click's normal exit is SystemExit, which passes through untouched
+        stopped = getattr(sys.modules.get("tunelab.train.interrupt"), "Interrupted", None)
+        if stopped is not None and isinstance(e, stopped):  # a signal during training (tune, auto): checkpointed
+            err.print(f"[yellow]interrupted:[/] {escape(str(e))}", highlight=False)
+            sys.exit(e.exit_code)
         if isinstance(e, _user_errors()):
             err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             sys.exit(USER_ERROR)

@@ -6,9 +6,7 @@ The disk-full and read-only cases mount a small tmpfs, which needs root; elsewhe
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,40 +20,21 @@ from tunelab.run.files import atomic_dir, write_text
 from tunelab.spec import SpecError, load_spec
 from tunelab.train.checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
 
-
-@contextlib.contextmanager
-def _tmpfs(path: Path, options: str) -> Iterator[Path]:
-    """A tmpfs mounted at PATH with OPTIONS, unmounted after (skips where mounting is not possible)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (the disk-full and read-only cases run as root, as in CI)")
-    path.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from helpers import fill_disk, tmpfs  # noqa: E402
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MB tmpfs."""
-    with _tmpfs(tmp_path / "disk", "size=1m") as disk:
+    with tmpfs(tmp_path / "disk", "size=1m") as disk:
         yield disk
 
 
 @pytest.fixture
 def read_only_disk(tmp_path: Path) -> Iterator[Path]:
-    with _tmpfs(tmp_path / "ro", "ro,size=1m") as disk:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as disk:
         yield disk
-
-
-def _fill(disk: Path, leave: int) -> None:
-    """Fill DISK until about LEAVE bytes are free."""
-    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-    with open(disk / "filler", "wb") as fh:
-        fh.write(b"\0" * max(free - leave, 0))
 
 
 @pytest.mark.parametrize("name", ["../../escaped_run", "/tmp/abs", "a/b", "..", ".", "a\\b", ""])
@@ -113,7 +92,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(small_disk: Path) 
     model(torch.randn(2, 64)).sum().backward()
     opt.step()
     first = save_checkpoint(small_disk, "step-0000001", model, {"epoch": 0, "global_step": 1}, opt)
-    _fill(small_disk, leave=20_000)  # less than one checkpoint (~50 KB of weights and moments)
+    fill_disk(small_disk, leave=20_000)  # less than one checkpoint (~50 KB of weights and moments)
     opt.step()
     with pytest.raises(DiskError) as e:
         save_checkpoint(small_disk, "step-0000002", model, {"epoch": 0, "global_step": 2}, opt)
@@ -128,7 +107,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(small_disk: Path) 
 
 
 def test_full_disk_in_an_atomic_write_names_the_path(small_disk: Path) -> None:
-    _fill(small_disk, leave=4096)
+    fill_disk(small_disk, leave=4096)
     with pytest.raises(DiskError, match="report.html: no space left"):
         write_text(small_disk / "report.html", "x" * 200_000)
     assert not (small_disk / "report.html").exists()

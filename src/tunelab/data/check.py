@@ -17,7 +17,7 @@ from typing import Any
 
 from tunelab.data import file_fingerprint
 from tunelab.data import report as data_report
-from tunelab.data.findings import SPLIT_ORDER, Finding, sample
+from tunelab.data.findings import SPLIT_ORDER, Finding
 from tunelab.data.sources import BUNDLED_DATA, DataError, MalformedFile
 
 # what a file's name says about its split: `reviews_dev.csv` is validation, `test.jsonl` is test
