@@ -150,13 +150,18 @@ def test_chat_lora_resumes_bitwise_after_kills(tiny_llm: dict, tmp_path: Path) -
         _assert_identical(_outcome(tmp_path / "runs" / f"kill{i}"), want, f"chat killed at {plan}")
 
 
-def test_image_run_with_augmentation_resumes_bitwise(tiny_images: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["image-classification", "text-image-classification"])
+def test_image_runs_with_augmentation_resume_bitwise(tiny_assets: dict, tiny_images: dict, tmp_path: Path,
+                                                     family: str) -> None:
     """Per-batch augmentation seeds must continue where a half-done epoch stopped."""
     def spec_for(name: str) -> Path:
-        spec = {"task": "image-classification", "name": name, "model": {"base": "tiny-cnn"},
+        spec = {"task": family, "name": name, "model": {"base": "tiny-cnn"},
                 "data": {"train": str(tiny_images["folder"]), "image_size": 16},
                 "training": {"epochs": 3, "batch_size": 8, "learning_rate": 1e-2, "early_stopping_patience": None},
                 "output": {"dir": str(tmp_path / "runs")}}
+        if family == "text-image-classification":
+            spec["model"] = {"base": str(tiny_assets["model"]), "image_base": "tiny-cnn"}
+            spec["data"] = {"train": str(tiny_images["pairs"]), "image_size": 16, "max_length": 16}
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(spec))
         return path
@@ -165,11 +170,11 @@ def test_image_run_with_augmentation_resumes_bitwise(tiny_images: dict, tmp_path
     assert _train(ref).returncode in (0, 3)
     want = _outcome(tmp_path / "runs" / "ref")
     spec = spec_for("kill")
-    r = _train(spec, fault="step:9")  # epoch 2, batch 2 of 7 or so
+    r = _train(spec, fault="step:9")  # epoch 2, a few batches in
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     r = _train(spec, "--resume")
     assert r.returncode in (0, 3), r.stderr[-3000:]
-    _assert_identical(_outcome(tmp_path / "runs" / "kill"), want, "image run killed after step 9")
+    _assert_identical(_outcome(tmp_path / "runs" / "kill"), want, f"{family} run killed after step 9")
 
 
 def test_sigterm_checkpoints_marks_interrupted_and_resumes_exactly(tiny_assets: dict, tmp_path: Path) -> None:

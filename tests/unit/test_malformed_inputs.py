@@ -67,7 +67,7 @@ def test_a_cell_over_128_kb_is_read(tmp_path: Path, capsys: pytest.CaptureFixtur
     src.write_text(f'text,label\n"{"word " * 40_000}",a\n' + ROWS)
     assert len(read_source(str(src))["text"][0]) == 200_000
     code, text, report = check(capsys, src, tmp_path)
-    assert code in (OK, CHECK_FAILED) and report["sizes"] == {"train": 13}, text
+    assert code in (OK, CHECK_FAILED) and sum(report["sizes"].values()) == 13, text
 
 
 def test_a_quote_never_closed_names_the_line_it_opens_on(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -391,7 +391,7 @@ def test_a_bug_an_interrupt_and_a_full_disk_get_their_own_codes(raised: BaseExce
     def stopped(*args: object, **kwargs: object) -> None:
         raise raised
 
-    monkeypatch.setattr("tunelab.data.check.check_target", stopped)
+    monkeypatch.setattr("tunelab.data.check.check", stopped)
     code, text = tunelab(capsys, "data", "check", "anything.csv", "--out", str(tmp_path))
     assert code == expected and all(part in text for part in shown), text
     assert ("Traceback" in text) == (expected == INTERNAL)

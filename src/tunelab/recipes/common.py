@@ -64,7 +64,8 @@ def _open_run_dir(spec: RunSpec, resume: bool, overwrite: bool, accelerator: Acc
         overwrite = True
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
-            hint = " or --resume to continue it" if checkpoint_path(run_dir) else ""
+            hint = (" or --resume to continue it" if checkpoint_path(run_dir) else
+                    " or --resume to start it again in place (it stopped before its first checkpoint)")
             raise RunError(f"{run_dir} already exists; pass --overwrite to replace it{hint}")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
