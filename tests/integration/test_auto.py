@@ -148,7 +148,9 @@ def test_a_gain_below_the_threshold_stops_the_ladder_and_exit_3_says_no_rung_bea
     assert isinstance(again.exception, RunError) and "pass --overwrite" in str(again.exception)
     # ... and a training run's directory never is
     with pytest.raises(RunError, match="run directory of a `tunelab train` run, not a ladder"):
-        ladder_module.auto(load_spec(spec).model_copy(update={"name": "flat/rungs/lora"}), overwrite=True)
+        base = load_spec(spec)
+        rungs = base.output.model_copy(update={"dir": str(tmp_path / "runs" / "flat" / "rungs")})
+        ladder_module.auto(base.model_copy(update={"name": "lora", "output": rungs}), overwrite=True)
 
 
 def test_a_spent_budget_stops_the_ladder(tiny_assets: dict, tmp_path: Path) -> None:
