@@ -143,6 +143,7 @@ def test_label_noise_finds_flipped_labels() -> None:
     assert len(found - flipped) <= 3
     (f,) = run("label-noise-suspects", context(texts, labels))
     assert f.count == len(found) and f.severity == "warning"  # 12 of 300 is over 2%
+    assert len(f.locations) == f.count and f.locations[0] == f.details["suspects"][0]["location"]  # every row
     first = f.details["suspects"][0]
     assert set(first) == {"location", "given", "suggested", "confidence", "given_prob", "text"}
     assert first["confidence"] > 0.7 and first["given_prob"] < 0.1 and first["suggested"] != first["given"]

@@ -125,6 +125,7 @@ def test_labels_mixing_ids_and_names_are_an_error_with_the_rows(tmp_path: Path,
     mixed = finding(report, "label-ids-mixed-with-names")
     assert mixed["severity"] == "error" and mixed["count"] == 2
     assert mixed["examples"] == [f"{src}:14 (label '0', an id)", f"{src}:15 (label '2', an id)"]
+    assert mixed["locations"] == [f"{src}:14", f"{src}:15"]  # every row, for scripts
     assert "data.labels" in mixed["fix"]
 
 

@@ -100,7 +100,8 @@ def ids_mixed_with_names(ctx: DoctorContext) -> Finding | None:
         "(the finding stays in the report)",
         [f"{location} (label '{lab}', {word})" for location, lab in fewer[:MAX_EXAMPLES]],
         {"ids": id_set, "names": name_set, "id_rows": len(ids), "name_rows": len(names),
-         "rows": [location for location, _ in fewer[:MAX_LISTED]]})
+         "rows": [location for location, _ in fewer[:MAX_LISTED]]},
+        locations=[location for location, _ in fewer])
 
 
 def _listed(labels: list[str], most: int = 8) -> str:
@@ -133,9 +134,9 @@ def label_noise(ctx: DoctorContext) -> Finding | None:
     if not suspects:
         return None
     rows = [usable[s["index"]] for s in suspects]
-    locations = column(train.select(rows[:MAX_LISTED]), "location")
+    locations = column(train.select(rows), "location")  # every suspect, for scripts (Finding.locations)
     listed = [{"location": loc, **{k: v for k, v in s.items() if k != "index"}, "text": _clip(texts_all[row])}
-              for loc, s, row in zip(locations, suspects, rows)]
+              for loc, s, row in zip(locations[:MAX_LISTED], suspects, rows)]
     share = len(suspects) / len(usable)
     note = f" (checked a random sample of {len(usable):,} of {len(texts_all):,} rows)" if sampled else ""
     return Finding(
@@ -148,4 +149,4 @@ def label_noise(ctx: DoctorContext) -> Finding | None:
         {"share": round(share, 6), "checked": len(usable), "total": len(texts_all), "sampled": sampled,
          "thresholds": {"given_below": GIVEN_BELOW, "other_above": OTHER_ABOVE},
          "model": "tfidf word 1-2 grams + logistic regression, 5-fold stratified out-of-fold probabilities",
-         "suspects": listed})
+         "suspects": listed}, locations=locations)
