@@ -49,7 +49,7 @@ def multi_label_case(assets: dict, llm: dict, images: dict, tmp_path: Path) -> t
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec = {"name": "ml", "task": "text-classification", "model": {"base": str(assets["model"])},
             "data": {"train": str(path), "max_length": 32, "multi_label": True},
-            "training": {"epochs": 6, "batch_size": 8, "learning_rate": 5e-3}, "output": {"dir": str(tmp_path)}}
+            "training": {"epochs": 10, "batch_size": 8, "learning_rate": 5e-3}, "output": {"dir": str(tmp_path)}}
     return spec, _classifier_check(["goal match team score coach"], lambda preds: "sports" in preds[0]["labels"])
 
 

@@ -28,11 +28,11 @@ def small_spec(tmp_path: Path, assets: dict, **search) -> Path:
 
 def test_study_prunes_and_scores_test_once_on_the_winner(tiny_assets: dict, tmp_path: Path) -> None:
     spec = load_spec(small_spec(tmp_path, tiny_assets, space={
-        "learning_rate": {"choices": [5e-3, 1e-7]}, "epochs": {"choices": [2, 4]}, "batch_size": None, "warmup": None,
+        "learning_rate": {"choices": [2e-2, 1e-7]}, "epochs": {"choices": [2, 4]}, "batch_size": None, "warmup": None,
         "weight_decay": None}))
     url = f"sqlite:///{tmp_path / 'runs' / 'tunelab.db'}"
     study = open_study(spec, url, "study")
-    study.enqueue_trial({"learning_rate": 5e-3, "epochs": 2})  # a good trial, then a hopeless one to prune
+    study.enqueue_trial({"learning_rate": 2e-2, "epochs": 2})  # a good trial, then a hopeless one to prune
     study.enqueue_trial({"learning_rate": 1e-7, "epochs": 4})
     result = tune(spec, trials=2)
 
@@ -64,7 +64,7 @@ def test_study_prunes_and_scores_test_once_on_the_winner(tiny_assets: dict, tmp_
     page = (result.dir / "tune.html").read_text()
     assert 'id="history"' in page and 'id="curves"' in page
     winner = load_spec(result.dir / "winner.yaml")  # what `tunelab train` reads
-    assert winner.training.learning_rate == 5e-3 and winner.name == "study-winner"
+    assert winner.training.learning_rate == 2e-2 and winner.name == "study-winner"
 
     # a re-run of a finished study trains nothing and does not score test again
     scored_at = study.user_attrs["test"]["scored_at"]
