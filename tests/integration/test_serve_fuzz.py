@@ -248,7 +248,8 @@ def test_trickling_headers_and_bodies_are_closed_in_time(server: SimpleNamespace
         answer, took = trickle_until_closed(sock, b'"input": "goal goal goal goal goal ')
     assert took < BODY_LIMIT and answer.startswith(b"HTTP/1.1 408 "), (took, answer[:200])
     assert b'"request_timeout"' in answer
-    assert _metric(server, "tunelab_read_timeouts_total", phase="headers") == headers_before + 1
+    # at least ours: a keep-alive connection an earlier test left idle on the shared server times out the same way
+    assert _metric(server, "tunelab_read_timeouts_total", phase="headers") >= headers_before + 1
     assert _metric(server, "tunelab_read_timeouts_total", phase="body") >= 1
     deadline = time.time() + 10  # the route saw the connection close: counted as 408, not a disconnect or a 500
     while _metric(server, "tunelab_requests_total", route="/v1/classify", status="408") < timed_out_before + 1:

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tunelab.auto.energy import J_PER_KWH, WORLD_AVERAGE_G_PER_KWH, EnergyMeter, summary
+from tunelab.auto.energy import J_PER_KWH, WORLD_AVERAGE_G_PER_KWH, EnergyMeter, summary, total
 from tunelab.spec import parse_spec, template
 
 MINIMAL = {"task": "text-classification", "data": {"train": "bbc-news"}}
@@ -219,3 +219,13 @@ def test_reports_and_card_show_kwh_co2_and_the_method(tmp_path: Path) -> None:
     line = _energy({"energy": record}, "- energy and CO2: ")
     assert line.startswith("- energy and CO2: ") and "estimate:" in line
     assert _energy({}, "- ") == ""
+
+
+def test_total_adds_records_and_says_when_methods_differ() -> None:
+    a = {"energy_kwh": 1e-4, "co2_kg": 5e-5, "method": "estimate"}
+    b = {"energy_kwh": 3e-4, "co2_kg": 1e-4, "method": "estimate"}
+    both = total([a, None, b])  # a trial with energy.track off has no record
+    assert both == {"energy_kwh": pytest.approx(4e-4), "co2_kg": pytest.approx(1.5e-4), "method": "estimate",
+                    "records": 2}
+    assert total([a, {**b, "method": "measured"}])["method"] == "mixed"
+    assert total([None, None]) is None

@@ -29,7 +29,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,6 +299,18 @@ def _sample_loop(meter_ref: "weakref.ref[EnergyMeter]", halt: threading.Event, s
             return
         meter.sample()
         del meter
+
+
+def total(records: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Several runs' energy records as one (a ladder rung's trials, a study's trials): kWh and CO2 add up, and
+    the method is theirs when they all agree, else "mixed". None when no run recorded any (energy.track off)."""
+    found = [r for r in records if r]
+    if not found:
+        return None
+    methods = {r.get("method") for r in found}
+    return {"energy_kwh": sum(r.get("energy_kwh") or 0 for r in found),
+            "co2_kg": sum(r.get("co2_kg") or 0 for r in found),
+            "method": methods.pop() if len(methods) == 1 else "mixed", "records": len(found)}
 
 
 def summary(record: dict[str, Any] | None) -> str:

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.auto.energy import total as energy_total
 from tunelab.catalog import is_sentence_encoder
 from tunelab.lm.few_shot import DEFAULT_SHOTS
 from tunelab.lm.metrics import GENERATION_METRICS
@@ -413,11 +414,7 @@ def _keep_best_trial(row: RungResult, lower_is_better: bool, search_note: str) -
     row.status, row.metric, row.stop_reason, row.run_dir = best["status"], best["metric"], best["stop_reason"], \
         best["run_dir"]
     row.seconds = sum(t["seconds"] or 0 for t in row.trials) or None
-    records = [t["energy"] for t in row.trials if t.get("energy")]
-    if records:
-        _energy(row, {"energy_kwh": sum(r.get("energy_kwh") or 0 for r in records),
-                      "co2_kg": sum(r.get("co2_kg") or 0 for r in records),
-                      "method": records[0].get("method") if len({r.get("method") for r in records}) == 1 else "mixed"})
+    _energy(row, energy_total(t.get("energy") for t in row.trials))
     notes = []
     if row.status == NOT_PROMOTED:
         notes.append("its run does not beat its untuned baseline (run.json status not-promoted)")

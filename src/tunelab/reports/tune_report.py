@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tunelab.auto.energy import total
 from tunelab.reports.html import _png, plt
 from tunelab.run.files import write_json, write_text
 
@@ -54,8 +55,7 @@ def build_report(study: Any, spec: Any, space: dict[str, str], requested: int, s
     rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
     counted = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
     weights, note = importances(study)
-    kwh = [r["energy_kwh"] for r in rows if r["energy_kwh"] is not None]
-    co2 = [r["co2_kg"] for r in rows if r["co2_kg"] is not None]
+    energy = total(t.user_attrs.get("energy") for t in study.get_trials(deepcopy=False)) or {}
     return {
         "study": study.study_name, "storage": make_url(storage).render_as_string(hide_password=True),
         "metric": spec.evaluation.metric, "direction": "lower is better" if spec.lower_is_better else "higher is better",
@@ -69,7 +69,8 @@ def build_report(study: Any, spec: Any, space: dict[str, str], requested: int, s
             "test": {kind: splits.get("test") for kind, splits in test.items() if isinstance(splits, dict)}
             if test else None},
         "importances": weights, "importances_note": note,
-        "energy": {"energy_kwh": sum(kwh), "co2_kg": sum(co2), "trials_counted": len(kwh),
+        "energy": {"energy_kwh": energy.get("energy_kwh", 0.0), "co2_kg": energy.get("co2_kg", 0.0),
+                   "method": energy.get("method"), "trials_counted": energy.get("records", 0),
                    "note": "sum over the trials' records (run.json 'energy'); test scoring of the winner not counted"},
     }
 
