@@ -72,7 +72,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 def _kill_points(rng: random.Random, steps: int, checkpoints: int, n: int) -> list[list[str]]:
     """N seeded kill plans: each a list of faults applied to successive attempts (two entries = a double kill)."""
-    kinds = ["step", "step", "checkpoint-weights", "checkpoint-written", "checkpoint-pointed"]
+    kinds = ["step", "checkpoint-weights", "checkpoint-written", "checkpoint-pointed", "step"]  # every kind early
     plans = []
     for i in range(n):
         kind = kinds[i % len(kinds)]
@@ -111,7 +111,7 @@ def test_classifier_resumes_bitwise_after_kills(tiny_assets: dict, tmp_path: Pat
     assert _train(ref).returncode == 0
     steps = json.loads((tmp_path / "runs" / "ref" / "history.json").read_text())["steps"][-1][0]
     assert steps >= 24  # 4 epochs of >= 6 batches: room for kills mid-epoch and at epoch ends
-    plans = _kill_points(random.Random(1401), steps, checkpoints=6, n=6)
+    plans = _kill_points(random.Random(1401), steps, checkpoints=6, n=4)
     tried = _check_family(spec_for, tmp_path / "runs" / "ref", plans, tmp_path)
     assert len(tried) == len(plans)
 
@@ -138,7 +138,7 @@ def test_chat_lora_resumes_bitwise_after_kills(tiny_llm: dict, tmp_path: Path) -
     res = _train(ref)
     assert res.returncode in (0, 3), res.stderr[-3000:]
     steps = json.loads((tmp_path / "runs" / "ref" / "history.json").read_text())["steps"][-1][0]
-    plans = _kill_points(random.Random(1402), steps, checkpoints=4, n=3)
+    plans = _kill_points(random.Random(1402), steps, checkpoints=4, n=2)
     want = _outcome(tmp_path / "runs" / "ref")
     for i, plan in enumerate(plans):
         spec = spec_for(f"kill{i}")
