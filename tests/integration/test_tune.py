@@ -5,6 +5,7 @@ trials and the killed trial failed and retried; two workers on one study; and a 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -90,23 +91,15 @@ def test_killed_study_resumes_to_exactly_n_trials(tiny_assets: dict, tmp_path: P
     path = small_spec(tmp_path, tiny_assets, trials=2, pruner="none", heartbeat_seconds=1, space={
         "epochs": {"choices": [1]}, "batch_size": None})
     url = f"sqlite:///{tmp_path / 'runs' / 'tunelab.db'}"
-    proc = subprocess.Popen(_cli(str(path)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-            try:
-                trials = optuna.load_study(study_name="study", storage=url).get_trials(deepcopy=False)
-            except Exception:  # the study or its tables do not exist yet
-                continue
-            states = [t.state.name for t in trials]
-            if "COMPLETE" in states and states[-1] == "RUNNING" and _has_heartbeat(tmp_path, trials[-1]):
-                break
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    # the kill lands at the end of the second trial's only epoch (trial 1's epoch is pass 1): a timed kill from
+    # outside raced the trial on a fast machine, which finished it before the poll saw it running
+    env = {**os.environ, "TUNELAB_FAULT": "epoch:2"}
+    killed_run = subprocess.run(_cli(str(path)), capture_output=True, text=True, timeout=300, env=env)
+    assert killed_run.returncode == -signal.SIGKILL, killed_run.stderr[-3000:]
     killed = optuna.load_study(study_name="study", storage=url).get_trials()[-1]
-    assert killed.state.name == "RUNNING", "the study finished before it could be killed"
+    assert [t.state.name for t in optuna.load_study(study_name="study", storage=url).get_trials()] == [
+        "COMPLETE", "RUNNING"]
+    assert _has_heartbeat(tmp_path, killed)  # a trial that beat once goes stale and is failed, then retried
     time.sleep(2.5)  # the killed trial's heartbeat goes stale (grace period: 2 x heartbeat_seconds)
 
     again = subprocess.run(_cli(str(path)), capture_output=True, text=True, timeout=300)

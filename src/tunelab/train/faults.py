@@ -8,6 +8,8 @@ first:
     TUNELAB_FAULT=checkpoint-weights:2    kill inside the 2nd checkpoint write, its weights half-way on disk
     TUNELAB_FAULT=checkpoint-written:1    kill after a checkpoint folder is complete, before its pointer moves
     TUNELAB_FAULT=checkpoint-pointed:3    kill after the 3rd pointer update, before old checkpoints are pruned
+    TUNELAB_FAULT=epoch:2                 kill after the 2nd epoch of this process ends (checkpoint written); in a
+                                          search, whose trials run in one process, that names one trial's epoch
 
 The kill is a real SIGKILL of the real process (no cleanup handler runs), exactly what an out-of-memory kill
 or a preempted machine does. Unset, `point` is one dictionary lookup.

@@ -269,6 +269,7 @@ def _fit(model: torch.nn.Module, task: Any, train: Any, spec: RunSpec, run_dir: 
         if improved:
             save(f"best-epoch-{epoch + 1:04d}", pointer="BEST")
         latest = save(f"step-{state.global_step:07d}")
+        faults.point("epoch")
         if state.stop_reason == EARLY_STOPPING:
             accelerator.print(f"early stop: no better validation {spec.evaluation.metric} for {patience} epoch(s)")
         elif state.stop_reason == TIME_LIMIT:
